@@ -1,0 +1,47 @@
+//! Learned state: grants, the one narrow interface between what the DNS proxy
+//! learns and what the dataplane enforces (and, later, what the cluster
+//! replicates).
+//!
+//! Grants come in through [`GrantSink::learn`]; they leave as
+//! [`GrantEvent::Expired`] or [`GrantEvent::Revoked`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::policy::PortSet;
+
+/// Permission for a network to reach one address on some ports until a
+/// deadline, learned from the answer to a query for `hostname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub network: Arc<str>,
+    pub addr: IpAddr,
+    /// The queried name (lowercase, no trailing dot), whose rules it credits.
+    pub hostname: Arc<str>,
+    pub ports: PortSet,
+    /// CLOCK_MONOTONIC deadline in ns (see [`crate::time::monotonic_ns`]).
+    pub expires_ns: u64,
+}
+
+/// Why learning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("grant map write failed for {addr}: {reason}")]
+    Backend { addr: IpAddr, reason: String },
+    #[error("unknown network {0}")]
+    UnknownNetwork(Arc<str>),
+}
+
+/// Where learned grants go. `learn` returns only once every grant of the
+/// batch is enforceable (in the kernel map), so the answer may be sent.
+pub trait GrantSink: Send + Sync {
+    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError>;
+}
+
+/// What leaves the grant store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantEvent {
+    Learned(Grant),
+    Expired(Grant),
+    Revoked(Grant),
+}

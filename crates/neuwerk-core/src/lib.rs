@@ -1,0 +1,10 @@
+//! Neuwerk's core: configuration, the policy (parse, validate, compile, match)
+//! and the grant store, the one narrow interface for learned state.
+//!
+//! Nothing here touches the network or the kernel; the DNS proxy and the
+//! datapath build on these types.
+
+pub mod config;
+pub mod grants;
+pub mod policy;
+pub mod time;

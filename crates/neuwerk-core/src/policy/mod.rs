@@ -1,0 +1,14 @@
+//! The policy: which client networks may resolve which names and reach which
+//! addresses and ports.
+//!
+//! - [`model`]: the validated, in-memory policy and its lookups.
+//! - [`parse`]: YAML text -> [`model::Policy`], errors with file:line:column.
+//! - [`hostname`]: exact, `*.` and `**.` name patterns and their index.
+
+pub mod hostname;
+pub mod model;
+pub mod parse;
+
+pub use hostname::{HostIndex, HostPattern};
+pub use model::{Network, NetworkMode, Policy, PortRange, PortSet, Proto, Rule, Target};
+pub use parse::{load_policy_file, parse_policy, PolicyError};
