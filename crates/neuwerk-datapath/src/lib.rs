@@ -1,1 +1,21 @@
-//! placeholder
+//! The kernel side of Neuwerk from userspace: loads `bpf/neuwerk.bpf.c`,
+//! attaches its two TC programs and writes its maps. The only crate that
+//! uses aya and `unsafe` kernel interfaces.
+//!
+//! - [`loader`]: embed, set load-time globals, attach (dropping detaches).
+//! - [`addr`]: addresses and prefixes in the ABI's IPv4-mapped form.
+//! - [`compile`]: policy -> rows of the networks and rules tables (pure).
+//! - [`portsets`]: content-interned port set ids shared by rules and grants.
+//! - [`dataplane`]: the handle the daemon holds: policy swap, grants,
+//!   conntrack, counters.
+
+pub mod addr;
+pub mod compile;
+pub mod dataplane;
+pub mod error;
+pub mod loader;
+pub mod portsets;
+
+pub use dataplane::{Dataplane, DataplaneConfig};
+pub use error::DataplaneError;
+pub use neuwerk_abi::Reason;

@@ -5,10 +5,14 @@
 //! Grants come in through [`GrantSink::learn`]; they leave as
 //! [`GrantEvent::Expired`] or [`GrantEvent::Revoked`].
 
+mod store;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::policy::PortSet;
+
+pub use store::{GrantStore, HeldGrant};
 
 /// Permission for a network to reach one address on some ports until a
 /// deadline, learned from the answer to a query for `hostname`.
@@ -44,4 +48,34 @@ pub enum GrantEvent {
     Learned(Grant),
     Expired(Grant),
     Revoked(Grant),
+}
+
+/// One (ports, deadline) pair of a granted address, as the backend writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantEntry<'a> {
+    pub ports: &'a PortSet,
+    pub expires_ns: u64,
+}
+
+/// Where the store puts what it holds: the kernel's grant map. Every call
+/// states the complete set of entries of one (network, address).
+pub trait GrantBackend: Send + Sync {
+    /// Replaces the entries of (network, addr).
+    fn write(
+        &self,
+        network: &str,
+        addr: IpAddr,
+        entries: &[GrantEntry<'_>],
+    ) -> Result<(), GrantError>;
+    /// Removes (network, addr).
+    fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError>;
+}
+
+impl<T: GrantBackend + ?Sized> GrantBackend for Arc<T> {
+    fn write(&self, network: &str, addr: IpAddr, entries: &[GrantEntry<'_>]) -> Result<(), GrantError> {
+        (**self).write(network, addr, entries)
+    }
+    fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
+        (**self).remove(network, addr)
+    }
 }

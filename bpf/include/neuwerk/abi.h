@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The kernel ABI of Neuwerk: map keys and values, shared with userspace.
+ *
+ * Keep in sync with crates/neuwerk-abi/src/lib.rs, whose layout tests check
+ * size and field offsets of every struct here. Never reorder fields; retire
+ * a field by renaming it to a reserved one.
+ *
+ * Addresses are 16 bytes in network order; IPv4 is stored IPv4-mapped
+ * (::ffff:a.b.c.d) so one map serves both families.
+ */
+#ifndef NEUWERK_ABI_H
+#define NEUWERK_ABI_H
+
+#include <linux/types.h>
+
+#define NW_PORTSET_RANGES 16   /* ranges in one port set */
+#define NW_RULE_SLOTS 8        /* port sets per static-rule prefix */
+#define NW_GRANT_SLOTS 4       /* (deadline, port set) pairs per granted address */
+
+#define NW_PROTO_ANY 0
+
+/* An IPv6 address, or an IPv4-mapped one. */
+union nw_addr {
+	__u8 b[16];
+	__u32 w[4];
+};
+
+/* Key of the networks LPM trie: source prefix -> network, per generation.
+ * prefixlen covers gen (32 bits) plus the address bits. */
+struct nw_net_key {
+	__u32 prefixlen;
+	__u32 gen;
+	union nw_addr addr;
+};
+
+struct nw_net_value {
+	__u32 net_id;
+	__u32 flags; /* reserved for audit mode */
+};
+
+/* Key of the static rules LPM trie: (gen, network, destination prefix).
+ * prefixlen covers gen and net_id (64 bits) plus the address bits. */
+struct nw_rule_key {
+	__u32 prefixlen;
+	__u32 gen;
+	__u32 net_id;
+	union nw_addr addr;
+};
+
+/* Port sets allowed for a destination prefix, merged by userspace with
+ * those of every shorter prefix of the same network (LPM returns only the
+ * longest match). 0 = unused slot. */
+struct nw_rule_value {
+	__u32 portsets[NW_RULE_SLOTS];
+};
+
+struct nw_port_range {
+	__u16 lo;
+	__u16 hi;
+	__u8 proto; /* NW_PROTO_ANY, IPPROTO_TCP, IPPROTO_UDP */
+	__u8 all;   /* 1: every port of every protocol, ICMP included */
+	__u8 reserved[2];
+};
+
+/* An entry of the port set array; id 0 is never used. */
+struct nw_portset {
+	__u32 count;
+	__u32 reserved;
+	struct nw_port_range ranges[NW_PORTSET_RANGES];
+};
+
+/* Key of the grants hash: a network may reach an address. */
+struct nw_grant_key {
+	__u32 net_id;
+	union nw_addr addr;
+};
+
+struct nw_grant_slot {
+	__u64 expires_ns; /* CLOCK_MONOTONIC, checked per packet */
+	__u32 portset;    /* 0 = unused slot */
+	__u32 reserved;
+};
+
+struct nw_grant_value {
+	struct nw_grant_slot slots[NW_GRANT_SLOTS];
+};
+
+/* A connection in its original direction (client -> server). For ICMP
+ * echo, sport carries the echo id and dport is 0. */
+struct nw_ct_key {
+	union nw_addr saddr;
+	union nw_addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 reserved[3];
+};
+
+#define NW_CT_CLOSING 0x1 /* FIN or RST seen: the short timeout applies */
+
+struct nw_ct_value {
+	__u64 last_seen_ns;
+	__u32 net_id;
+	__u32 flags;
+};
+
+/* Key of the local DNS listeners: traffic to these always passes. */
+struct nw_local_key {
+	union nw_addr addr;
+	__u16 port; /* host order */
+	__u8 proto;
+	__u8 reserved;
+};
+
+/* The single entry of the state array: what userspace flips at runtime. */
+struct nw_state {
+	__u32 active_gen; /* generation of networks and rules in force */
+	__u32 reserved;
+};
+
+/* Why a packet passed or was dropped; index of the per-CPU counters.
+ * Keep in sync with neuwerk_abi::Reason. */
+enum nw_reason {
+	NW_PASS_NON_IP = 0,    /* ARP and other non-IP frames on the upstream side */
+	NW_PASS_ND,            /* IPv6 neighbour discovery */
+	NW_PASS_LOCAL_DNS,     /* to one of neuwerk's own DNS listeners */
+	NW_PASS_CT,            /* tracked connection, client side */
+	NW_PASS_RULE,          /* static rule, new connection */
+	NW_PASS_GRANT,         /* DNS-learned grant, new connection */
+	NW_PASS_REPLY,         /* reply of a tracked connection */
+	NW_PASS_RELATED,       /* ICMP error about a tracked connection */
+	NW_PASS_NOT_CLIENT,    /* upstream side, not addressed to a client network */
+	NW_DROP_NO_NETWORK,    /* source in no network */
+	NW_DROP_POLICY,        /* no rule or live grant allows it */
+	NW_DROP_UNSOLICITED,   /* upstream side, to a client, not a reply */
+	NW_DROP_MALFORMED,     /* headers truncated or inconsistent */
+	NW_DROP_FRAGMENT,      /* non-first fragment: no ports to judge */
+	NW_DROP_ETHERTYPE,     /* client side, neither IP nor ARP */
+	NW_REASON_MAX,
+};
+
+#endif /* NEUWERK_ABI_H */

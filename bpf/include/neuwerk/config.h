@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Load-time configuration: `const volatile` globals that userspace sets
+ * with EbpfLoader::override_global before loading, so the verifier sees
+ * constants and nothing is looked up per packet.
+ */
+#ifndef NEUWERK_CONFIG_H
+#define NEUWERK_CONFIG_H
+
+#include <linux/types.h>
+
+/* Idle timeouts of tracked connections, ns. */
+volatile const __u64 CT_TCP_IDLE_NS = 3600ULL * 1000000000ULL;
+volatile const __u64 CT_TCP_CLOSING_NS = 10ULL * 1000000000ULL;
+volatile const __u64 CT_UDP_IDLE_NS = 60ULL * 1000000000ULL;
+volatile const __u64 CT_ICMP_IDLE_NS = 30ULL * 1000000000ULL;
+
+#endif /* NEUWERK_CONFIG_H */

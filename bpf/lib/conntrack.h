@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Connection tracking: a connection allowed at its first packet lives on,
+ * past the grant that allowed it, until it is idle or closed.
+ */
+#ifndef NEUWERK_CONNTRACK_H
+#define NEUWERK_CONNTRACK_H
+
+#include "maps.h"
+#include "parse.h"
+
+/* last_seen is rewritten at most this often: a write per packet would
+ * bounce the entry's cache line between CPUs for no gain in precision. */
+#define NW_CT_REFRESH_NS (100ULL * 1000000ULL)
+
+static __always_inline void ct_key_forward(struct nw_ct_key *k, const struct nw_flow *f)
+{
+	addr_copy(&k->saddr, &f->saddr);
+	addr_copy(&k->daddr, &f->daddr);
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+}
+
+/* The key of the connection a reply belongs to. */
+static __always_inline void ct_key_reverse(struct nw_ct_key *k, const struct nw_flow *f)
+{
+	addr_copy(&k->saddr, &f->daddr);
+	addr_copy(&k->daddr, &f->saddr);
+	k->sport = f->dport;
+	k->dport = f->sport;
+	k->proto = f->proto;
+}
+
+static __always_inline __u64 ct_timeout(const struct nw_ct_key *k, const struct nw_ct_value *v)
+{
+	if (k->proto == IPPROTO_TCP)
+		return (v->flags & NW_CT_CLOSING) ? CT_TCP_CLOSING_NS : CT_TCP_IDLE_NS;
+	if (k->proto == IPPROTO_UDP)
+		return CT_UDP_IDLE_NS;
+	return CT_ICMP_IDLE_NS;
+}
+
+/* Looks up a live connection and refreshes it; 1 if found. */
+static __always_inline int ct_touch(const struct nw_ct_key *k, const struct nw_flow *f, __u64 now)
+{
+	struct nw_ct_value *v = bpf_map_lookup_elem(&nw_conntrack, k);
+	__u8 closing;
+
+	if (!v)
+		return 0;
+	if (now - v->last_seen_ns > ct_timeout(k, v))
+		return 0; /* idle: the entry is stale, judge the packet afresh */
+	closing = (k->proto == IPPROTO_TCP) && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
+	if (closing && !(v->flags & NW_CT_CLOSING))
+		v->flags |= NW_CT_CLOSING; /* racing writers only ever set the bit */
+	if (now - v->last_seen_ns > NW_CT_REFRESH_NS)
+		v->last_seen_ns = now;
+	return 1;
+}
+
+static __always_inline void ct_create(const struct nw_ct_key *k, const struct nw_flow *f,
+				      __u32 net_id, __u64 now)
+{
+	struct nw_ct_value v = {
+		.last_seen_ns = now,
+		.net_id = net_id,
+	};
+
+	if (k->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		v.flags = NW_CT_CLOSING;
+	bpf_map_update_elem(&nw_conntrack, k, &v, BPF_ANY);
+}
+
+#endif /* NEUWERK_CONNTRACK_H */

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * TC ingress of the client-facing interface: every packet a client sends.
+ * parse -> local DNS -> tracked connection -> network -> rule -> grant -> verdict.
+ */
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/network.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/related.h"
+#include "lib/verdict.h"
+
+/* DNS to neuwerk's own listeners always passes: the proxy judges it. */
+static __always_inline int is_local_dns(const struct nw_flow *f)
+{
+	struct nw_local_key k = {
+		.port = f->dport,
+		.proto = f->proto,
+	};
+
+	if (f->proto != IPPROTO_UDP && f->proto != IPPROTO_TCP)
+		return 0;
+	addr_copy(&k.addr, &f->daddr);
+	return bpf_map_lookup_elem(&nw_local, &k) != NULL;
+}
+
+static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw_flow *f)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct nw_ct_key ct = {};
+	struct nw_net_value *net;
+	__u32 gen;
+
+	if (is_local_dns(f))
+		return NW_PASS_LOCAL_DNS;
+	ct_key_forward(&ct, f);
+	if (ct_touch(&ct, f, now))
+		return NW_PASS_CT;
+	if (f->icmp_kind == NW_ICMP_ERROR && icmp_error_related(skb, f, 1, now))
+		return NW_PASS_RELATED;
+
+	gen = active_gen();
+	net = network_of(gen, &f->saddr);
+	if (!net)
+		return NW_DROP_NO_NETWORK;
+	if (rule_allows(gen, net->net_id, f)) {
+		ct_create(&ct, f, net->net_id, now);
+		return NW_PASS_RULE;
+	}
+	if (grant_allows(net->net_id, f, now)) {
+		ct_create(&ct, f, net->net_id, now);
+		return NW_PASS_GRANT;
+	}
+	return NW_DROP_POLICY;
+}
+
+SEC("classifier")
+int nw_from_client(struct __sk_buff *skb)
+{
+	struct nw_flow f = {};
+	int rc = parse_flow(skb, &f);
+
+	if (rc < 0)
+		return verdict(-rc);
+	switch (rc) {
+	case NW_PARSE_ARP:
+		return verdict(NW_PASS_NON_IP);
+	case NW_PARSE_ND:
+		return verdict(NW_PASS_ND);
+	case NW_PARSE_OTHER_L2:
+		return verdict(NW_DROP_ETHERTYPE); /* no bypass through other ethertypes */
+	}
+	return verdict(judge_client(skb, &f));
+}

@@ -1,0 +1,255 @@
+//! The grant store: what has been learned, per (network, address), and by
+//! which queried name. It is the only writer of the kernel's grant map (its
+//! [`GrantBackend`]) and the only place grants leave: by expiry or by
+//! revocation on reload.
+//!
+//! Time is passed in, never read here, so expiry is tested without sleeping.
+//! The deadline index follows mini-redis's db.rs: an ordered set of
+//! (deadline, key) that a purge walks from the front.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Grant, GrantBackend, GrantEntry, GrantError, GrantSink};
+use crate::policy::PortSet;
+
+/// A grant as held for one (network, address), by queried name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldGrant {
+    pub hostname: Arc<str>,
+    pub ports: PortSet,
+    pub expires_ns: u64,
+}
+
+type Key = (Arc<str>, IpAddr);
+
+#[derive(Default)]
+struct Inner {
+    held: HashMap<Key, Vec<HeldGrant>>,
+    /// (deadline, network, address, hostname) of every held grant.
+    deadlines: BTreeSet<(u64, Arc<str>, IpAddr, Arc<str>)>,
+}
+
+/// Learned grants in memory, mirrored into a [`GrantBackend`].
+pub struct GrantStore<B> {
+    backend: B,
+    inner: Mutex<Inner>,
+}
+
+impl<B: GrantBackend> GrantStore<B> {
+    /// An empty store writing to `backend`.
+    pub fn new(backend: B) -> Self {
+        GrantStore {
+            backend,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is completed before the backend is called), so poison
+        // is not fatal.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records grants and writes every touched (network, address) to the
+    /// backend. A grant for a name already held keeps the later deadline.
+    pub fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+        let mut inner = self.lock();
+        let mut touched: Vec<Key> = Vec::with_capacity(grants.len());
+        for g in grants {
+            let key = (g.network.clone(), g.addr);
+            let list = inner.held.entry(key.clone()).or_default();
+            let (old, expires) = match list.iter_mut().find(|h| h.hostname == g.hostname) {
+                Some(h) => {
+                    let old = h.expires_ns;
+                    h.expires_ns = h.expires_ns.max(g.expires_ns);
+                    h.ports = g.ports.clone();
+                    (Some(old), h.expires_ns)
+                }
+                None => {
+                    list.push(HeldGrant {
+                        hostname: g.hostname.clone(),
+                        ports: g.ports.clone(),
+                        expires_ns: g.expires_ns,
+                    });
+                    (None, g.expires_ns)
+                }
+            };
+            if old != Some(expires) {
+                if let Some(old) = old {
+                    inner
+                        .deadlines
+                        .remove(&(old, g.network.clone(), g.addr, g.hostname.clone()));
+                }
+                inner
+                    .deadlines
+                    .insert((expires, g.network.clone(), g.addr, g.hostname.clone()));
+            }
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        for key in &touched {
+            write_key(&self.backend, &inner, key)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every grant whose deadline is at or before `now_ns` and returns
+    /// them. The kernel already refuses them (it checks deadlines per
+    /// packet); this frees their memory and reports them.
+    pub fn expire(&self, now_ns: u64) -> Vec<Grant> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        while let Some(first) = inner.deadlines.first().cloned() {
+            if first.0 > now_ns {
+                break;
+            }
+            inner.deadlines.pop_first();
+            let (expires_ns, network, addr, hostname) = first;
+            let key = (network.clone(), addr);
+            if let Some(list) = inner.held.get_mut(&key) {
+                if let Some(pos) = list.iter().position(|h| h.hostname == hostname) {
+                    let h = list.swap_remove(pos);
+                    out.push(Grant {
+                        network,
+                        addr,
+                        hostname,
+                        ports: h.ports,
+                        expires_ns,
+                    });
+                }
+                if list.is_empty() {
+                    inner.held.remove(&key);
+                }
+            }
+            if let Err(e) = write_key(&self.backend, &inner, &key) {
+                tracing::warn!("grant map cleanup after expiry: {e}");
+            }
+        }
+        out
+    }
+
+    /// Re-judges every grant: `judge(network, hostname)` gives the ports it
+    /// may have now, or `None` when it is no longer allowed. Grants whose
+    /// ports changed are rewritten; the rest are revoked and returned.
+    pub fn retain(&self, mut judge: impl FnMut(&str, &str) -> Option<PortSet>) -> Vec<Grant> {
+        let mut inner = self.lock();
+        let mut revoked = Vec::new();
+        let mut changed: Vec<Key> = Vec::new();
+        let Inner { held, deadlines } = &mut *inner;
+        for (key, list) in held.iter_mut() {
+            let before = list.len();
+            let mut ports_changed = false;
+            list.retain_mut(|h| match judge(&key.0, &h.hostname) {
+                Some(ports) => {
+                    ports_changed |= ports != h.ports;
+                    h.ports = ports;
+                    true
+                }
+                None => {
+                    deadlines.remove(&(h.expires_ns, key.0.clone(), key.1, h.hostname.clone()));
+                    revoked.push(Grant {
+                        network: key.0.clone(),
+                        addr: key.1,
+                        hostname: h.hostname.clone(),
+                        ports: h.ports.clone(),
+                        expires_ns: h.expires_ns,
+                    });
+                    false
+                }
+            });
+            if ports_changed || list.len() != before {
+                changed.push(key.clone());
+            }
+        }
+        held.retain(|_, list| !list.is_empty());
+        for key in &changed {
+            if let Err(e) = write_key(&self.backend, &inner, key) {
+                tracing::error!("grant map rewrite on reload: {e}");
+            }
+        }
+        revoked
+    }
+
+    /// Whether a live grant of `network` allows `addr`, `ip_proto`, `port`.
+    pub fn allows(
+        &self,
+        network: &str,
+        addr: IpAddr,
+        ip_proto: u8,
+        port: u16,
+        now_ns: u64,
+    ) -> bool {
+        let inner = self.lock();
+        inner
+            .held
+            .get(&(Arc::from(network), addr))
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|h| h.expires_ns > now_ns && h.ports.allows(ip_proto, port))
+            })
+    }
+
+    /// Every held grant (for the admin API and tests).
+    pub fn snapshot(&self) -> Vec<Grant> {
+        let inner = self.lock();
+        inner
+            .held
+            .iter()
+            .flat_map(|((network, addr), list)| {
+                list.iter().map(|h| Grant {
+                    network: network.clone(),
+                    addr: *addr,
+                    hostname: h.hostname.clone(),
+                    ports: h.ports.clone(),
+                    expires_ns: h.expires_ns,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of held grants.
+    pub fn len(&self) -> usize {
+        self.lock().deadlines.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writes the complete state of one key; an emptied key is removed.
+fn write_key<B: GrantBackend>(backend: &B, inner: &Inner, key: &Key) -> Result<(), GrantError> {
+    match inner.held.get(key) {
+        Some(list) if !list.is_empty() => {
+            let entries: Vec<GrantEntry<'_>> = list
+                .iter()
+                .map(|h| GrantEntry {
+                    ports: &h.ports,
+                    expires_ns: h.expires_ns,
+                })
+                .collect();
+            backend.write(&key.0, key.1, &entries)
+        }
+        _ => backend.remove(&key.0, key.1),
+    }
+}
+
+impl<B: GrantBackend> GrantSink for GrantStore<B> {
+    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+        GrantStore::learn(self, grants)
+    }
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,132 @@
+use std::sync::Mutex;
+
+use super::*;
+use crate::policy::{PortRange, Proto};
+
+/// Records the backend's view: (network, addr) -> entries.
+#[derive(Default)]
+struct Recorder {
+    map: Mutex<HashMap<(String, IpAddr), Vec<(PortSet, u64)>>>,
+}
+
+impl GrantBackend for Recorder {
+    fn write(
+        &self,
+        network: &str,
+        addr: IpAddr,
+        entries: &[GrantEntry<'_>],
+    ) -> Result<(), GrantError> {
+        let v = entries
+            .iter()
+            .map(|e| (e.ports.clone(), e.expires_ns))
+            .collect();
+        self.map.lock().unwrap().insert((network.into(), addr), v);
+        Ok(())
+    }
+    fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
+        self.map.lock().unwrap().remove(&(network.into(), addr));
+        Ok(())
+    }
+}
+
+fn ports(p: u16) -> PortSet {
+    PortSet::new(vec![PortRange {
+        proto: Proto::Tcp,
+        lo: p,
+        hi: p,
+    }])
+}
+
+fn grant(host: &str, addr: &str, port: u16, expires_ns: u64) -> Grant {
+    Grant {
+        network: "clients".into(),
+        addr: addr.parse().unwrap(),
+        hostname: host.into(),
+        ports: ports(port),
+        expires_ns,
+    }
+}
+
+fn backend_entries(s: &GrantStore<Recorder>, addr: &str) -> Option<Vec<(PortSet, u64)>> {
+    let map = s.backend().map.lock().unwrap();
+    map.get(&("clients".to_string(), addr.parse().unwrap()))
+        .cloned()
+}
+
+#[test]
+fn learn_writes_backend_and_keeps_the_later_deadline() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 100)])
+        .unwrap();
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 50)])
+        .unwrap();
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(443), 100)]
+    );
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 200)])
+        .unwrap();
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(443), 200)]
+    );
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn two_names_on_one_address_are_both_written() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[
+        grant("a.example", "192.0.2.1", 443, 100),
+        grant("b.example", "192.0.2.1", 80, 300),
+    ])
+    .unwrap();
+    let e = backend_entries(&s, "192.0.2.1").unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(s.allows("clients", "192.0.2.1".parse().unwrap(), 6, 80, 150));
+    assert!(!s.allows("clients", "192.0.2.1".parse().unwrap(), 6, 443, 150));
+}
+
+#[test]
+fn expire_removes_only_due_grants_and_reports_them() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[
+        grant("a.example", "192.0.2.1", 443, 100),
+        grant("b.example", "192.0.2.1", 80, 300),
+    ])
+    .unwrap();
+    s.learn(&[grant("c.example", "192.0.2.2", 443, 100)])
+        .unwrap();
+    assert!(s.expire(99).is_empty());
+    let gone = s.expire(100);
+    assert_eq!(gone.len(), 2);
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(80), 300)]
+    );
+    assert!(backend_entries(&s, "192.0.2.2").is_none());
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.expire(1000).len(), 1);
+    assert!(s.is_empty());
+    assert!(s.snapshot().is_empty());
+}
+
+#[test]
+fn retain_revokes_and_rewrites_changed_ports() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[
+        grant("keep.example", "192.0.2.1", 443, 100),
+        grant("drop.example", "192.0.2.2", 443, 100),
+    ])
+    .unwrap();
+    let revoked = s.retain(|_, host| (host == "keep.example").then(|| ports(8443)));
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(&*revoked[0].hostname, "drop.example");
+    assert!(backend_entries(&s, "192.0.2.2").is_none());
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(8443), 100)]
+    );
+    // The revoked grant's deadline is gone too: nothing left to expire there.
+    assert_eq!(s.expire(1000).len(), 1);
+}

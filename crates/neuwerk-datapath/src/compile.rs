@@ -1,0 +1,184 @@
+//! Policy -> rows of the kernel's networks and static-rules tables. Pure:
+//! no maps are touched here, so it is tested without root.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use neuwerk_abi::{self as abi, Addr};
+use neuwerk_core::policy::{Policy, PortSet};
+
+use crate::addr::prefix_bits;
+use crate::error::DataplaneError;
+use crate::portsets::Interner;
+
+/// Network ids, stable by name for the life of the process: grants are keyed
+/// by network id and must stay valid across reloads.
+#[derive(Debug, Default)]
+pub struct NetIds {
+    ids: HashMap<Arc<str>, u32>,
+}
+
+impl NetIds {
+    /// The id of `name`, assigned on first use.
+    pub fn id(&mut self, name: &Arc<str>) -> u32 {
+        let next = self.ids.len() as u32 + 1;
+        *self.ids.entry(name.clone()).or_insert(next)
+    }
+
+    /// The id of `name` if it was ever assigned.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of an id.
+    pub fn name(&self, id: u32) -> Option<&Arc<str>> {
+        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
+    }
+}
+
+/// A row of the networks table (without the generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRow {
+    pub prefixlen: u32,
+    pub addr: Addr,
+    pub net_id: u32,
+}
+
+/// A row of the static rules table (without the generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRow {
+    pub prefixlen: u32,
+    pub net_id: u32,
+    pub addr: Addr,
+    pub value: abi::RuleValue,
+}
+
+/// The compiled tables of one policy.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub nets: Vec<NetRow>,
+    pub rules: Vec<RuleRow>,
+    /// Port sets first used by this policy, to write before the rules.
+    pub fresh_portsets: Vec<(u32, abi::PortSet)>,
+}
+
+/// Compiles `policy` into table rows.
+pub fn compile(
+    policy: &Policy,
+    ids: &mut NetIds,
+    interner: &mut Interner,
+) -> Result<Tables, DataplaneError> {
+    let mut t = Tables::default();
+    for net in &policy.networks {
+        let net_id = ids.id(&net.name);
+        for cidr in &net.cidrs {
+            let (addr, prefixlen) = prefix_bits(cidr);
+            t.nets.push(NetRow {
+                prefixlen,
+                addr,
+                net_id,
+            });
+        }
+        let statics: Vec<(IpNet, PortSet)> = merged_by_prefix(net.static_rules());
+        for (prefix, own) in &statics {
+            let ports = covering(&statics, prefix, own);
+            let slots = interner.ids_for(&ports, &mut t.fresh_portsets)?;
+            if slots.len() > abi::RULE_SLOTS {
+                return Err(DataplaneError::Capacity(format!(
+                    "network {}: static rules for {prefix} allow {} port ranges, at most {} fit",
+                    net.name,
+                    ports.ranges().len(),
+                    abi::RULE_SLOTS * abi::PORTSET_RANGES
+                )));
+            }
+            let mut value = abi::RuleValue::default();
+            value.portsets[..slots.len()].copy_from_slice(&slots);
+            let (addr, prefixlen) = prefix_bits(prefix);
+            t.rules.push(RuleRow {
+                prefixlen,
+                net_id,
+                addr,
+                value,
+            });
+        }
+    }
+    Ok(t)
+}
+
+/// Static rules grouped by (truncated) prefix, ports united.
+fn merged_by_prefix<'a>(rules: impl Iterator<Item = (&'a IpNet, &'a PortSet)>) -> Vec<(IpNet, PortSet)> {
+    let mut by: HashMap<IpNet, PortSet> = HashMap::new();
+    for (net, ports) in rules {
+        by.entry(net.trunc())
+            .and_modify(|p| *p = p.union(ports))
+            .or_insert_with(|| ports.clone());
+    }
+    by.into_iter().collect()
+}
+
+/// The kernel's LPM lookup returns only the longest matching prefix, so a
+/// prefix's row carries the ports of every shorter prefix covering it too.
+fn covering(statics: &[(IpNet, PortSet)], prefix: &IpNet, own: &PortSet) -> PortSet {
+    statics
+        .iter()
+        .filter(|(p, _)| p != prefix && p.contains(prefix))
+        .fold(own.clone(), |acc, (_, ports)| acc.union(ports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuwerk_core::policy::{HostIndex, Network, NetworkMode, PortRange, Proto, Rule, Target};
+
+    fn rule(cidr: &str, port: u16) -> Rule {
+        Rule {
+            target: Target::Cidr(cidr.parse().unwrap()),
+            ports: PortSet::new(vec![PortRange {
+                proto: Proto::Tcp,
+                lo: port,
+                hi: port,
+            }]),
+            location: Default::default(),
+        }
+    }
+
+    fn policy(rules: Vec<Rule>) -> Policy {
+        Policy {
+            networks: vec![Network {
+                name: "clients".into(),
+                cidrs: vec!["10.100.1.0/24".parse().unwrap(), "fd00:100:1::/64".parse().unwrap()],
+                mode: NetworkMode::Enforce,
+                rules,
+                hosts: HostIndex::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn networks_become_mapped_prefixes_with_stable_ids() {
+        let mut ids = NetIds::default();
+        let mut interner = Interner::default();
+        let t = compile(&policy(vec![]), &mut ids, &mut interner).unwrap();
+        assert_eq!(t.nets.len(), 2);
+        assert_eq!(t.nets[0].prefixlen, 120);
+        assert_eq!(t.nets[1].prefixlen, 64);
+        let again = compile(&policy(vec![]), &mut ids, &mut interner).unwrap();
+        assert_eq!(t.nets[0].net_id, again.nets[0].net_id);
+    }
+
+    #[test]
+    fn longer_prefixes_inherit_covering_ports() {
+        let mut ids = NetIds::default();
+        let mut interner = Interner::default();
+        let p = policy(vec![rule("192.0.2.0/24", 443), rule("192.0.2.100/32", 80)]);
+        let t = compile(&p, &mut ids, &mut interner).unwrap();
+        let host = t.rules.iter().find(|r| r.prefixlen == 128).unwrap();
+        let wide = t.rules.iter().find(|r| r.prefixlen == 120).unwrap();
+        let ps = |id: u32| &t.fresh_portsets.iter().find(|(i, _)| *i == id).unwrap().1;
+        let host_ps = ps(host.value.portsets[0]);
+        assert_eq!(host_ps.count, 2, "the /32 also allows the /24's port");
+        assert_eq!(ps(wide.value.portsets[0]).count, 1);
+        assert_eq!(host.value.portsets[1], 0);
+    }
+}

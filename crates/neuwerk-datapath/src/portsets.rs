@@ -1,0 +1,145 @@
+//! Port set ids: content-interned, so equal port sets share one entry of
+//! the `nw_portsets` array and ids stay stable across policy reloads (grants
+//! written under the old policy keep pointing at the right ranges).
+
+use std::collections::HashMap;
+
+use neuwerk_abi as abi;
+use neuwerk_core::policy::{PortSet, Proto};
+
+use crate::error::DataplaneError;
+
+/// Capacity of the `nw_portsets` array (NW_PORTSETS_MAX in bpf/lib/common.h).
+pub const PORTSETS_MAX: u32 = 16384;
+
+/// The ABI form of a port set's ranges, in order.
+pub fn abi_ranges(ps: &PortSet) -> Vec<abi::PortRange> {
+    ps.ranges()
+        .iter()
+        .map(|r| abi::PortRange {
+            lo: r.lo,
+            hi: r.hi,
+            proto: match r.proto {
+                Proto::Any => abi::PROTO_ANY,
+                Proto::Tcp => 6,
+                Proto::Udp => 17,
+            },
+            all: u8::from(*r == neuwerk_core::policy::PortRange::ALL),
+            reserved: [0; 2],
+        })
+        .collect()
+}
+
+/// The ABI value of one chunk of at most PORTSET_RANGES ranges.
+pub fn abi_portset(chunk: &[abi::PortRange]) -> abi::PortSet {
+    let mut ps = abi::PortSet {
+        count: chunk.len() as u32,
+        ..Default::default()
+    };
+    ps.ranges[..chunk.len()].copy_from_slice(chunk);
+    ps
+}
+
+/// Interns port sets; ids are never reused while the process lives.
+#[derive(Debug)]
+pub struct Interner {
+    ids: HashMap<Vec<abi::PortRange>, u32>,
+    next: u32,
+    cap: u32,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner::with_capacity(PORTSETS_MAX)
+    }
+}
+
+impl Interner {
+    /// An interner handing out ids 1..cap.
+    pub fn with_capacity(cap: u32) -> Self {
+        Interner {
+            ids: HashMap::new(),
+            next: 1, // 0 marks an unused slot in the kernel
+            cap,
+        }
+    }
+
+    /// The ids of `ps`, one per chunk of PORTSET_RANGES ranges; `fresh`
+    /// receives (id, value) for every id that must be written to the map.
+    pub fn ids_for(
+        &mut self,
+        ps: &PortSet,
+        fresh: &mut Vec<(u32, abi::PortSet)>,
+    ) -> Result<Vec<u32>, DataplaneError> {
+        let ranges = abi_ranges(ps);
+        let mut out = Vec::with_capacity(ranges.len().div_ceil(abi::PORTSET_RANGES));
+        for chunk in ranges.chunks(abi::PORTSET_RANGES) {
+            if let Some(&id) = self.ids.get(chunk) {
+                out.push(id);
+                continue;
+            }
+            if self.next >= self.cap {
+                return Err(DataplaneError::PortsetsFull(self.cap));
+            }
+            let id = self.next;
+            self.next += 1;
+            self.ids.insert(chunk.to_vec(), id);
+            fresh.push((id, abi_portset(chunk)));
+            out.push(id);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neuwerk_core::policy::PortRange;
+
+    fn tcp(lo: u16, hi: u16) -> PortRange {
+        PortRange {
+            proto: Proto::Tcp,
+            lo,
+            hi,
+        }
+    }
+
+    #[test]
+    fn equal_sets_share_an_id_and_are_written_once() {
+        let mut i = Interner::default();
+        let mut fresh = Vec::new();
+        let a = i.ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh).unwrap();
+        let b = i.ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, vec![1]);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].1.count, 1);
+        assert_eq!(fresh[0].1.ranges[0].proto, 6);
+    }
+
+    #[test]
+    fn large_sets_split_into_chunks() {
+        let mut i = Interner::default();
+        let mut fresh = Vec::new();
+        let ps = PortSet::new((0..40).map(|p| tcp(1000 + p, 1000 + p)).collect());
+        let ids = i.ids_for(&ps, &mut fresh).unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(fresh[2].1.count, 8);
+    }
+
+    #[test]
+    fn all_ports_range_is_flagged() {
+        let r = abi_ranges(&PortSet::all());
+        assert_eq!(r[0].all, 1);
+        assert_eq!(r[0].proto, abi::PROTO_ANY);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error() {
+        let mut i = Interner::with_capacity(2);
+        let mut fresh = Vec::new();
+        i.ids_for(&PortSet::new(vec![tcp(1, 1)]), &mut fresh).unwrap();
+        let err = i.ids_for(&PortSet::new(vec![tcp(2, 2)]), &mut fresh);
+        assert!(matches!(err, Err(DataplaneError::PortsetsFull(2))));
+    }
+}
