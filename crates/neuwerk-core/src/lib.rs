@@ -5,6 +5,8 @@
 //! datapath build on these types.
 
 pub mod config;
+pub mod duration;
 pub mod grants;
 pub mod policy;
 pub mod time;
+mod yaml;

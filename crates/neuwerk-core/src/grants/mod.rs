@@ -72,7 +72,12 @@ pub trait GrantBackend: Send + Sync {
 }
 
 impl<T: GrantBackend + ?Sized> GrantBackend for Arc<T> {
-    fn write(&self, network: &str, addr: IpAddr, entries: &[GrantEntry<'_>]) -> Result<(), GrantError> {
+    fn write(
+        &self,
+        network: &str,
+        addr: IpAddr,
+        entries: &[GrantEntry<'_>],
+    ) -> Result<(), GrantError> {
         (**self).write(network, addr, entries)
     }
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {

@@ -3,10 +3,12 @@ use std::sync::Mutex;
 use super::*;
 use crate::policy::{PortRange, Proto};
 
+type Written = HashMap<(String, IpAddr), Vec<(PortSet, u64)>>;
+
 /// Records the backend's view: (network, addr) -> entries.
 #[derive(Default)]
 struct Recorder {
-    map: Mutex<HashMap<(String, IpAddr), Vec<(PortSet, u64)>>>,
+    map: Mutex<Written>,
 }
 
 impl GrantBackend for Recorder {
