@@ -28,7 +28,10 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!("cannot run {CLANG} ({e}); install it: make deps (apt-get install clang-19 llvm-19 libbpf-dev)")
         });
-    assert!(status.success(), "{CLANG} failed to compile bpf/neuwerk.bpf.c");
+    assert!(
+        status.success(),
+        "{CLANG} failed to compile bpf/neuwerk.bpf.c"
+    );
 
     // Debug info is dropped, .BTF kept: the object shrinks about 15x.
     let status = Command::new(STRIP)

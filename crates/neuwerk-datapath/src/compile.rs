@@ -107,7 +107,9 @@ pub fn compile(
 }
 
 /// Static rules grouped by (truncated) prefix, ports united.
-fn merged_by_prefix<'a>(rules: impl Iterator<Item = (&'a IpNet, &'a PortSet)>) -> Vec<(IpNet, PortSet)> {
+fn merged_by_prefix<'a>(
+    rules: impl Iterator<Item = (&'a IpNet, &'a PortSet)>,
+) -> Vec<(IpNet, PortSet)> {
     let mut by: HashMap<IpNet, PortSet> = HashMap::new();
     for (net, ports) in rules {
         by.entry(net.trunc())
@@ -147,7 +149,10 @@ mod tests {
         Policy {
             networks: vec![Network {
                 name: "clients".into(),
-                cidrs: vec!["10.100.1.0/24".parse().unwrap(), "fd00:100:1::/64".parse().unwrap()],
+                cidrs: vec![
+                    "10.100.1.0/24".parse().unwrap(),
+                    "fd00:100:1::/64".parse().unwrap(),
+                ],
                 mode: NetworkMode::Enforce,
                 rules,
                 hosts: HostIndex::default(),

@@ -60,8 +60,7 @@ struct Maps {
     /// Generation of the rows in force.
     gen: u32,
     /// Keys of the rows in force, deleted after the next swap.
-    live_nets: Vec<Key<abi::NetPrefix>>,
-    live_rules: Vec<Key<abi::RulePrefix>>,
+    live: RowKeys,
 }
 
 /// The loaded, attached dataplane.
@@ -75,7 +74,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(DataplaneError::map(name))
 }
 
@@ -98,8 +99,7 @@ impl Dataplane {
             ids: NetIds::default(),
             interner: Interner::default(),
             gen: 0,
-            live_nets: Vec::new(),
-            live_rules: Vec::new(),
+            live: RowKeys::default(),
         };
         let dp = Dataplane {
             maps: Mutex::new(maps),
@@ -127,7 +127,9 @@ impl Dataplane {
                     proto,
                     reserved: 0,
                 };
-                m.local.insert(key, 1, 0).map_err(DataplaneError::map("nw_local"))?;
+                m.local
+                    .insert(key, 1, 0)
+                    .map_err(DataplaneError::map("nw_local"))?;
             }
         }
         Ok(())
@@ -140,28 +142,27 @@ impl Dataplane {
         let m = &mut *guard;
         let tables = compile(policy, &mut m.ids, &mut m.interner)?;
         for (id, ps) in &tables.fresh_portsets {
-            m.portsets.set(*id, ps, 0).map_err(DataplaneError::map("nw_portsets"))?;
+            m.portsets
+                .set(*id, ps, 0)
+                .map_err(DataplaneError::map("nw_portsets"))?;
         }
         let next = m.gen ^ 1;
-        let (nets, rules) = match write_generation(m, &tables, next) {
-            Ok(keys) => keys,
-            Err((e, nets, rules)) => {
-                delete_rows(m, &nets, &rules);
-                return Err(e);
-            }
-        };
+        let mut written = RowKeys::default();
+        if let Err(e) = write_generation(m, &tables, next, &mut written) {
+            delete_rows(m, &written);
+            return Err(e);
+        }
         let state = abi::State {
             active_gen: next,
             reserved: 0,
         };
         if let Err(e) = m.state.set(0, state, 0) {
-            delete_rows(m, &nets, &rules);
+            delete_rows(m, &written);
             return Err(DataplaneError::map("nw_state")(e));
         }
-        let old_nets = std::mem::replace(&mut m.live_nets, nets);
-        let old_rules = std::mem::replace(&mut m.live_rules, rules);
+        let old = std::mem::replace(&mut m.live, written);
         m.gen = next;
-        delete_rows(m, &old_nets, &old_rules);
+        delete_rows(m, &old);
         Ok(())
     }
 
@@ -210,30 +211,37 @@ impl Dataplane {
     }
 }
 
-type RowKeys = (Vec<Key<abi::NetPrefix>>, Vec<Key<abi::RulePrefix>>);
+/// The keys of one generation's rows.
+#[derive(Default)]
+struct RowKeys {
+    nets: Vec<Key<abi::NetPrefix>>,
+    rules: Vec<Key<abi::RulePrefix>>,
+}
 
-/// Writes every row of `t` under generation `gen`; on failure returns the
-/// error with the keys already written, for the caller to delete.
+/// Writes every row of `t` under generation `gen`, recording each key in
+/// `out` as it goes so that a failure can be undone by the caller.
 fn write_generation(
     m: &mut Maps,
     t: &Tables,
     gen: u32,
-) -> Result<RowKeys, (DataplaneError, Vec<Key<abi::NetPrefix>>, Vec<Key<abi::RulePrefix>>)> {
-    let mut nets = Vec::with_capacity(t.nets.len());
-    let mut rules = Vec::with_capacity(t.rules.len());
+    out: &mut RowKeys,
+) -> Result<(), DataplaneError> {
     for row in &t.nets {
         let key = Key::new(
             abi::NET_KEY_PREFIX_BITS + row.prefixlen,
-            abi::NetPrefix { gen, addr: row.addr },
+            abi::NetPrefix {
+                gen,
+                addr: row.addr,
+            },
         );
         let value = abi::NetValue {
             net_id: row.net_id,
             flags: 0,
         };
-        if let Err(e) = m.networks.insert(&key, value, 0) {
-            return Err((DataplaneError::map("nw_networks")(e), nets, rules));
-        }
-        nets.push(key);
+        m.networks
+            .insert(&key, value, 0)
+            .map_err(DataplaneError::map("nw_networks"))?;
+        out.nets.push(key);
     }
     for row in &t.rules {
         let key = Key::new(
@@ -244,25 +252,30 @@ fn write_generation(
                 addr: row.addr,
             },
         );
-        if let Err(e) = m.rules.insert(&key, row.value, 0) {
-            return Err((DataplaneError::map("nw_rules")(e), nets, rules));
-        }
-        rules.push(key);
+        m.rules
+            .insert(&key, row.value, 0)
+            .map_err(DataplaneError::map("nw_rules"))?;
+        out.rules.push(key);
     }
-    Ok((nets, rules))
+    Ok(())
 }
 
-fn delete_rows(m: &mut Maps, nets: &[Key<abi::NetPrefix>], rules: &[Key<abi::RulePrefix>]) {
-    for k in nets {
+fn delete_rows(m: &mut Maps, keys: &RowKeys) {
+    for k in &keys.nets {
         let _ = m.networks.remove(k);
     }
-    for k in rules {
+    for k in &keys.rules {
         let _ = m.rules.remove(k);
     }
 }
 
 impl GrantBackend for Dataplane {
-    fn write(&self, network: &str, addr: IpAddr, entries: &[GrantEntry<'_>]) -> Result<(), GrantError> {
+    fn write(
+        &self,
+        network: &str,
+        addr: IpAddr,
+        entries: &[GrantEntry<'_>],
+    ) -> Result<(), GrantError> {
         let mut guard = self.lock();
         let m = &mut *guard;
         let backend = |reason: String| GrantError::Backend { addr, reason };
@@ -289,10 +302,12 @@ impl GrantBackend for Dataplane {
             }
         }
         for (id, ps) in &fresh {
-            m.portsets.set(*id, ps, 0).map_err(|e| backend(e.to_string()))?;
+            m.portsets
+                .set(*id, ps, 0)
+                .map_err(|e| backend(e.to_string()))?;
         }
         // More distinct port sets than slots: the longest-lived ones win.
-        slots.sort_unstable_by(|a, b| b.expires_ns.cmp(&a.expires_ns));
+        slots.sort_unstable_by_key(|s| std::cmp::Reverse(s.expires_ns));
         let mut value = abi::GrantValue::default();
         for (dst, src) in value.slots.iter_mut().zip(&slots) {
             *dst = *src;
@@ -301,7 +316,9 @@ impl GrantBackend for Dataplane {
             net_id,
             addr: addr_bytes(addr),
         };
-        m.grants.insert(key, value, 0).map_err(|e| backend(e.to_string()))
+        m.grants
+            .insert(key, value, 0)
+            .map_err(|e| backend(e.to_string()))
     }
 
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {

@@ -108,8 +108,12 @@ mod tests {
     fn equal_sets_share_an_id_and_are_written_once() {
         let mut i = Interner::default();
         let mut fresh = Vec::new();
-        let a = i.ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh).unwrap();
-        let b = i.ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh).unwrap();
+        let a = i
+            .ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh)
+            .unwrap();
+        let b = i
+            .ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh)
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a, vec![1]);
         assert_eq!(fresh.len(), 1);
@@ -138,7 +142,8 @@ mod tests {
     fn exhaustion_is_an_error() {
         let mut i = Interner::with_capacity(2);
         let mut fresh = Vec::new();
-        i.ids_for(&PortSet::new(vec![tcp(1, 1)]), &mut fresh).unwrap();
+        i.ids_for(&PortSet::new(vec![tcp(1, 1)]), &mut fresh)
+            .unwrap();
         let err = i.ids_for(&PortSet::new(vec![tcp(2, 2)]), &mut fresh);
         assert!(matches!(err, Err(DataplaneError::PortsetsFull(2))));
     }

@@ -1,0 +1,402 @@
+//! What an upstream answer teaches (the addresses answering the question,
+//! through the CNAME chain) and how it is relayed to the client (TTLs
+//! capped, sized for the client's transport).
+
+use std::net::IpAddr;
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::{DNSClass, Name, RData};
+
+use crate::wire::{self, Section, WireError};
+
+/// Longest CNAME chain followed from the query name; real chains are a few
+/// hops, the bound only stops hostile answers.
+pub(crate) const MAX_CNAME_CHAIN: usize = 16;
+
+/// Smallest UDP payload every client accepts (RFC 1035).
+pub(crate) const MIN_UDP_PAYLOAD: u16 = 512;
+
+/// EDNS UDP payload size advertised upstream and to clients (DNS flag day
+/// 2020: avoids IP fragmentation on common paths).
+pub(crate) const EDNS_PAYLOAD: u16 = 1232;
+
+/// Largest DNS message over TCP (2-byte length prefix).
+pub(crate) const MAX_TCP_MESSAGE: usize = u16::MAX as usize;
+
+/// Why an answer could not be prepared for the client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    #[error("malformed upstream answer: {0}")]
+    Wire(#[from] WireError),
+    #[error("re-encoding the answer failed: {0}")]
+    Encode(#[from] hickory_proto::ProtoError),
+}
+
+/// An address learned from an answer, with its record's TTL in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Learned {
+    pub addr: IpAddr,
+    pub ttl: u32,
+}
+
+/// The A and AAAA records of the answer section owned by `qname` or by a
+/// name reached from it through the answer's CNAME chain. Records for any
+/// other name are ignored: only what answers the question becomes a grant.
+/// One entry per address, with the longest TTL seen for it.
+pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Vec<Learned> {
+    let mut chain: Vec<&Name> = Vec::with_capacity(2);
+    chain.push(qname);
+    while chain.len() <= MAX_CNAME_CHAIN {
+        let current = chain[chain.len() - 1];
+        let target = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.dns_class == DNSClass::IN && r.name == *current => Some(&c.0),
+            _ => None,
+        });
+        match target {
+            // A loop back into the chain ends it.
+            Some(t) if !chain.contains(&t) => chain.push(t),
+            _ => break,
+        }
+    }
+
+    let mut out: Vec<Learned> = Vec::new();
+    for r in &msg.answers {
+        let addr = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        if r.dns_class != DNSClass::IN || !chain.contains(&&r.name) {
+            continue;
+        }
+        match out.iter_mut().find(|l| l.addr == addr) {
+            Some(l) => l.ttl = l.ttl.max(r.ttl),
+            None => out.push(Learned { addr, ttl: r.ttl }),
+        }
+    }
+    out
+}
+
+/// How the client asked: decides the size limit and the OPT record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientView {
+    pub id: u16,
+    /// The client's EDNS payload size, if it sent an OPT record.
+    pub edns_payload: Option<u16>,
+    pub udp: bool,
+}
+
+impl ClientView {
+    /// The largest reply the client takes on its transport.
+    pub(crate) fn limit(&self) -> usize {
+        if !self.udp {
+            return MAX_TCP_MESSAGE;
+        }
+        self.edns_payload.unwrap_or(0).max(MIN_UDP_PAYLOAD) as usize
+    }
+}
+
+/// What [`relay`] did, beyond capping TTLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Relayed {
+    pub truncated: bool,
+}
+
+/// Turns the upstream's answer bytes into the client's reply, in place: the
+/// client's id, every TTL capped at `max_ttl` (so no client caches an answer
+/// longer than its grant lives), the OPT record dropped if the client sent
+/// none (RFC 6891 §7), and cut to the client's size with TC=1.
+///
+/// `decoded` is the same answer, decoded; it is re-encoded only in the rare
+/// case of an OPT record that is not the message's last record.
+pub(crate) fn relay(
+    mut bytes: Vec<u8>,
+    decoded: &Message,
+    client: &ClientView,
+    max_ttl: u32,
+) -> Result<(Vec<u8>, Relayed), AnswerError> {
+    let (mut records, _) = wire::Records::new(&bytes)?;
+    let mut opt = None;
+    while let Some(span) = records.next(&bytes) {
+        let span = span?;
+        if span.rtype == wire::TYPE_OPT && span.section == Section::Additional {
+            // Its "TTL" holds the extended rcode, version and flags.
+            opt = Some(span);
+        } else if wire::ttl(&bytes, span.ttl_at) > max_ttl {
+            wire::set_ttl(&mut bytes, span.ttl_at, max_ttl);
+        }
+    }
+    wire::set_id(&mut bytes, client.id);
+    let opt_ttl = opt.map(|o| wire::ttl(&bytes, o.ttl_at));
+
+    if let (None, Some(opt)) = (client.edns_payload, opt) {
+        if opt.end == bytes.len() {
+            bytes.truncate(opt.start);
+            let arcount = wire::arcount(&bytes);
+            wire::set_section_count(&mut bytes, Section::Additional, arcount - 1);
+        } else {
+            bytes = reencode_without_edns(decoded, client.id, max_ttl)?;
+        }
+    }
+
+    let limit = client.limit();
+    if bytes.len() <= limit {
+        return Ok((bytes, Relayed::default()));
+    }
+    truncate(&mut bytes, limit, client.edns_payload.is_some(), opt_ttl)?;
+    Ok((bytes, Relayed { truncated: true }))
+}
+
+/// Cuts `bytes` to at most `limit`: header, question and as many whole
+/// answer records as fit (compression pointers only point backwards, so a
+/// prefix stays valid), plus a fresh OPT record for EDNS clients; TC=1 so
+/// the client retries over TCP.
+fn truncate(
+    bytes: &mut Vec<u8>,
+    limit: usize,
+    edns: bool,
+    opt_ttl: Option<u32>,
+) -> Result<(), AnswerError> {
+    const OPT_LEN: usize = 11;
+    let reserve = if edns { OPT_LEN } else { 0 };
+    let (mut records, question_end) = wire::Records::new(bytes)?;
+    let mut end = question_end;
+    let mut answers: u16 = 0;
+    while let Some(span) = records.next(bytes) {
+        let span = span?;
+        if span.section != Section::Answer || span.end + reserve > limit {
+            break;
+        }
+        end = span.end;
+        answers += 1;
+    }
+    bytes.truncate(end);
+    wire::set_section_count(bytes, Section::Answer, answers);
+    wire::set_section_count(bytes, Section::Authority, 0);
+    wire::set_section_count(bytes, Section::Additional, 0);
+    wire::set_truncated(bytes);
+    if edns {
+        // Root owner, type OPT, our payload size, the upstream's extended
+        // rcode/version/flags when it sent an OPT record, no options.
+        bytes.extend_from_slice(&[0, 0, 41]);
+        bytes.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        bytes.extend_from_slice(&opt_ttl.unwrap_or(0).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        wire::set_section_count(bytes, Section::Additional, 1);
+    }
+    Ok(())
+}
+
+/// The slow path of [`relay`]: encodes the decoded answer again without its
+/// OPT record, with the client's id and capped TTLs.
+fn reencode_without_edns(decoded: &Message, id: u16, max_ttl: u32) -> Result<Vec<u8>, AnswerError> {
+    let mut msg = decoded.clone();
+    msg.edns = None;
+    msg.metadata.id = id;
+    for r in msg
+        .answers
+        .iter_mut()
+        .chain(msg.authorities.iter_mut())
+        .chain(msg.additionals.iter_mut())
+    {
+        r.ttl = r.ttl.min(max_ttl);
+    }
+    Ok(msg.to_vec()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use hickory_proto::op::{Edns, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
+    use hickory_proto::rr::{Record, RecordType};
+
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn a(owner: &str, ttl: u32, ip: [u8; 4]) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::from(ip))))
+    }
+
+    fn cname(owner: &str, ttl: u32, target: &str) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::CNAME(CNAME(name(target))))
+    }
+
+    fn response(qname: &str, answers: Vec<Record>) -> Message {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(name(qname), RecordType::A));
+        m.add_answers(answers);
+        m
+    }
+
+    #[test]
+    fn chain_follows_cnames_and_ignores_other_names() {
+        let m = response(
+            "www.example.com.",
+            vec![
+                cname("WWW.example.com.", 300, "edge.cdn.net."),
+                cname("edge.cdn.net.", 300, "e1.cdn.net."),
+                a("e1.cdn.net.", 60, [192, 0, 2, 1]),
+                a("e1.cdn.net.", 30, [192, 0, 2, 1]),
+                Record::from_rdata(
+                    name("e1.cdn.net."),
+                    20,
+                    RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
+                ),
+                a("evil.example.org.", 60, [203, 0, 113, 6]),
+            ],
+        );
+        let got = chain_addresses(&m, &name("www.example.com."));
+        assert_eq!(
+            got,
+            vec![
+                Learned {
+                    addr: [192, 0, 2, 1].into(),
+                    ttl: 60
+                },
+                Learned {
+                    addr: Ipv6Addr::LOCALHOST.into(),
+                    ttl: 20
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn chain_survives_loops() {
+        let m = response(
+            "a.test.",
+            vec![
+                cname("a.test.", 1, "b.test."),
+                cname("b.test.", 1, "a.test."),
+                a("b.test.", 5, [10, 0, 0, 1]),
+            ],
+        );
+        let got = chain_addresses(&m, &name("a.test."));
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn chain_is_bounded() {
+        let mut recs: Vec<Record> = (0..40)
+            .map(|i| cname(&format!("n{i}.test."), 1, &format!("n{}.test.", i + 1)))
+            .collect();
+        recs.push(a("n40.test.", 5, [10, 0, 0, 1]));
+        recs.push(a("n3.test.", 5, [10, 0, 0, 3]));
+        let got = chain_addresses(&response("n0.test.", recs), &name("n0.test."));
+        assert_eq!(
+            got.iter().map(|l| l.addr).collect::<Vec<_>>(),
+            vec![IpAddr::from([10, 0, 0, 3])]
+        );
+    }
+
+    fn view(edns_payload: Option<u16>, udp: bool) -> ClientView {
+        ClientView {
+            id: 0x1234,
+            edns_payload,
+            udp,
+        }
+    }
+
+    #[test]
+    fn relay_caps_ttls_everywhere_and_sets_id() {
+        let mut m = response(
+            "x.test.",
+            vec![
+                a("x.test.", 9000, [1, 2, 3, 4]),
+                a("x.test.", 5, [1, 2, 3, 5]),
+            ],
+        );
+        m.add_authority(a("ns.test.", 7200, [1, 1, 1, 1]));
+        m.add_additional(Record::from_rdata(
+            name("t.test."),
+            99999,
+            RData::TXT(TXT::new(vec!["hi".into()])),
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        m.set_edns(edns);
+        let bytes = m.to_vec().unwrap();
+        let (out, r) = relay(bytes, &m, &view(Some(1232), true), 600).unwrap();
+        assert!(!r.truncated);
+        let got = Message::from_vec(&out).unwrap();
+        assert_eq!(got.id, 0x1234);
+        let ttls: Vec<u32> = got.all_sections().map(|r| r.ttl).collect();
+        assert_eq!(ttls, vec![600, 5, 600, 600]);
+        assert_eq!(got.edns.unwrap().max_payload(), 1232);
+    }
+
+    #[test]
+    fn relay_drops_opt_for_clients_without_edns() {
+        let mut m = response("x.test.", vec![a("x.test.", 60, [1, 2, 3, 4])]);
+        m.add_additional(a("y.test.", 60, [1, 2, 3, 5]));
+        m.set_edns(Edns::new());
+        let bytes = m.to_vec().unwrap();
+        let (out, _) = relay(bytes.clone(), &m, &view(None, true), 600).unwrap();
+        let got = Message::from_vec(&out).unwrap();
+        assert!(got.edns.is_none());
+        assert_eq!(got.additionals.len(), 1);
+        assert_eq!(out.len(), bytes.len() - 11);
+
+        // OPT first in the additional section: the slow path.
+        let mut raw = Message::new(7, MessageType::Response, OpCode::Query);
+        raw.add_query(Query::query(name("x.test."), RecordType::A));
+        raw.add_answer(a("x.test.", 60, [1, 2, 3, 4]));
+        let mut bytes = raw.to_vec().unwrap();
+        // Append OPT then an A record by hand, ARCOUNT = 2.
+        bytes.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 9, 9, 9, 9]);
+        bytes[11] = 2;
+        let decoded = Message::from_vec(&bytes).unwrap();
+        assert!(decoded.edns.is_some());
+        let (out, _) = relay(bytes, &decoded, &view(None, true), 30).unwrap();
+        let got = Message::from_vec(&out).unwrap();
+        assert!(got.edns.is_none());
+        assert_eq!(got.id, 0x1234);
+        assert_eq!(got.additionals.len(), 1);
+        assert!(got.all_sections().all(|r| r.ttl == 30));
+    }
+
+    #[test]
+    fn relay_truncates_for_small_udp_clients_only() {
+        let recs = (0..100)
+            .map(|i| a("big.test.", 60, [10, 0, 0, i]))
+            .collect();
+        let mut m = response("big.test.", recs);
+        m.add_additional(a("big.test.", 60, [10, 1, 0, 0]));
+        m.set_edns(Edns::new());
+        let bytes = m.to_vec().unwrap();
+
+        let (out, r) = relay(bytes.clone(), &m, &view(None, true), 600).unwrap();
+        assert!(r.truncated);
+        assert!(out.len() <= 512);
+        let got = Message::from_vec(&out).unwrap();
+        assert!(got.truncation);
+        assert!(got.edns.is_none());
+        assert!(!got.answers.is_empty() && got.answers.len() < 100);
+        assert!(got.additionals.is_empty());
+        assert_eq!(got.queries.len(), 1);
+
+        let (out, r) = relay(bytes.clone(), &m, &view(Some(1000), true), 600).unwrap();
+        assert!(r.truncated && out.len() <= 1000);
+        let got = Message::from_vec(&out).unwrap();
+        assert!(got.truncation);
+        assert_eq!(got.edns.unwrap().max_payload(), EDNS_PAYLOAD);
+
+        let (out, r) = relay(bytes, &m, &view(Some(1000), false), 600).unwrap();
+        assert!(!r.truncated);
+        assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 100);
+    }
+
+    #[test]
+    fn client_limit() {
+        assert_eq!(view(None, true).limit(), 512);
+        assert_eq!(view(Some(100), true).limit(), 512);
+        assert_eq!(view(Some(4096), true).limit(), 4096);
+        assert_eq!(view(None, false).limit(), 65535);
+    }
+}

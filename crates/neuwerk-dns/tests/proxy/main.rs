@@ -1,0 +1,7 @@
+//! The proxy end to end on loopback: a real server, a fake upstream, a
+//! recording grant sink.
+
+mod answers;
+mod harness;
+mod robustness;
+mod upstreams;
