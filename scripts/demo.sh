@@ -57,6 +57,10 @@ threading.Event().wait()
 PY
 ip netns exec "$U" python3 "$WORK/web.py" &
 pids+=($!)
+for _ in $(seq 50); do
+  ip netns exec "$U" curl -s --max-time 1 http://192.0.2.100:443/ >/dev/null && break
+  sleep 0.1
+done
 
 cat > "$WORK/policy.yaml" <<'YAML'
 networks:
@@ -81,21 +85,24 @@ cat "$WORK/policy.yaml"
 
 ip netns exec "$N" "$PWD/target/release/neuwerk" run --config "$WORK/config.yaml" 2>"$WORK/neuwerk.log" &
 pids+=($!)
+# Ready when the proxy answers at all: a name no policy allows gets REFUSED
+# (so the demo learns nothing before it means to).
+ready=
 for _ in $(seq 50); do
-  client dig +time=1 +tries=1 @10.100.1.10 example.com >/dev/null 2>&1 && break
+  if client dig +time=1 +tries=1 @10.100.1.10 ready.neuwerk.invalid 2>/dev/null | grep -q 'status:'; then ready=1; break; fi
   sleep 0.2
 done
+[ -n "$ready" ] || { echo "demo: neuwerk did not start:" >&2; cat "$WORK/neuwerk.log" >&2; exit 1; }
 
 try() { # try DESCRIPTION COMMAND...: runs it in the client namespace, says allowed or blocked
   local what=$1; shift
   show "$*"
   if out=$(client "$@" 2>&1); then echo "$out" | sed 's/^/  /'; printf '  \033[32mALLOWED\033[0m %s\n' "$what"
-  else printf '  \033[31mBLOCKED\033[0m %s\n' "$what"; fi
+  else echo "$out" | tail -1 | sed 's/^/  /'; printf '  \033[31mBLOCKED\033[0m %s\n' "$what"; fi
 }
-curl_() { curl -sS --max-time 2 "$@"; }
 
 bold "Before any DNS answer, even example.com's address is unreachable"
-try "192.0.2.100:443 (no grant yet)" curl_ http://192.0.2.100:443/
+try "192.0.2.100:443 (no grant yet)" curl -sS --max-time 2 http://192.0.2.100:443/
 
 bold "DNS: allowed names are answered, others refused and never forwarded"
 show "dig @10.100.1.10 example.com";      client dig +short @10.100.1.10 example.com | sed 's/^/  /'
@@ -104,11 +111,11 @@ show "dig @10.100.1.10 AAAA api.github.com"; client dig +short @10.100.1.10 AAAA
 show "dig @10.100.1.10 evil.example.net"; client dig @10.100.1.10 evil.example.net | grep -E 'status:' | sed 's/^;; ->>HEADER<<- //; s/^/  /'
 
 bold "Traffic: the answers became grants for exactly those addresses and ports"
-try "example.com -> 192.0.2.100:443" curl_ http://192.0.2.100:443/
-try "api.github.com -> 192.0.2.101:443" curl_ http://192.0.2.101:443/
-try "api.github.com over IPv6 -> [2001:db8::100]:443" curl_ -g "http://[2001:db8::100]:443/"
-try "192.0.2.100:80 (wrong port)" curl_ http://192.0.2.100:80/
-try "192.0.2.102:443 (evil.example.net, never granted)" curl_ http://192.0.2.102:443/
+try "example.com -> 192.0.2.100:443" curl -sS --max-time 2 http://192.0.2.100:443/
+try "api.github.com -> 192.0.2.101:443" curl -sS --max-time 2 http://192.0.2.101:443/
+try "api.github.com over IPv6 -> [2001:db8::100]:443" curl -sS --max-time 2 -g "http://[2001:db8::100]:443/"
+try "192.0.2.100:80 (wrong port)" curl -sS --max-time 2 http://192.0.2.100:80/
+try "192.0.2.102:443 (evil.example.net, never granted)" curl -sS --max-time 2 http://192.0.2.102:443/
 try "DNS straight to 10.100.2.100 (bypassing neuwerk)" dig +time=1 +tries=1 @10.100.2.100 evil.example.net
 
 bold "What the upstream DNS server saw (evil.example.net only from the bypass attempt, which was dropped)"

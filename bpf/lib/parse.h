@@ -177,31 +177,28 @@ static __always_inline int parse_ipv6(struct nw_flow *f, void *data, void *end, 
 	off += sizeof(*ip6);
 
 	for (i = 0; i < NW_IPV6_EXT_MAX; i++) {
-		__u8 *ext = PKT_AT(__u8, data, off & 0xffff, end);
-		__u8 *ext2 = PKT_AT(__u8, data, (off + 1) & 0xffff, end);
+		/* Hop-by-hop, routing and destination options share this
+		 * layout; the fragment header starts the same way. */
+		struct nw_ipv6_ext {
+			__u8 nexthdr;
+			__u8 hdrlen;
+			__be16 frag_off; /* fragment header only */
+		} *ext;
 
 		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
 		    nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT)
 			break;
-		if (!ext || !ext2)
+		ext = PKT_AT(struct nw_ipv6_ext, data, off & 0xffff, end);
+		if (!ext)
 			return -NW_DROP_MALFORMED;
 		if (nexthdr == IPPROTO_FRAGMENT) {
-			struct frag_hdr {
-				__u8 nexthdr, reserved;
-				__be16 frag_off;
-				__be32 id;
-			} *fh = PKT_AT(struct frag_hdr, data, off & 0xffff, end);
-
-			if (!fh)
-				return -NW_DROP_MALFORMED;
-			if (fh->frag_off & bpf_htons(0xfff8))
+			if (ext->frag_off & bpf_htons(0xfff8))
 				return -NW_DROP_FRAGMENT;
-			nexthdr = fh->nexthdr;
 			off += 8;
-			continue;
+		} else {
+			off += (ext->hdrlen + 1) * 8;
 		}
-		nexthdr = *ext;
-		off += (*ext2 + 1) * 8;
+		nexthdr = ext->nexthdr;
 	}
 	f->proto = nexthdr;
 	f->is_v6 = 1;
