@@ -51,6 +51,11 @@ static __always_inline int ct_touch(const struct nw_ct_key *k, const struct nw_f
 		return 0;
 	if (now - v->last_seen_ns > ct_timeout(k, v))
 		return 0; /* idle: the entry is stale, judge the packet afresh */
+	/* A new SYN on the tuple of a closing connection starts another
+	 * connection: it must be allowed on its own, not by the old one. */
+	if (k->proto == IPPROTO_TCP && (v->flags & NW_CT_CLOSING) &&
+	    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return 0;
 	closing = (k->proto == IPPROTO_TCP) && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
 	if (closing && !(v->flags & NW_CT_CLOSING))
 		v->flags |= NW_CT_CLOSING; /* racing writers only ever set the bit */

@@ -71,6 +71,7 @@ struct nw_flow {
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 /* A bounds check on packet data that the verifier can follow. */
 #define PKT_AT(type, data, off, end)                                      \
