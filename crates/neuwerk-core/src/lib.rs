@@ -5,6 +5,7 @@
 //! datapath build on these types.
 
 pub mod config;
+pub mod events;
 pub mod duration;
 pub mod grants;
 pub mod policy;
