@@ -9,6 +9,7 @@ have llvm-strip-19 || need+=(llvm-19)
 [ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 have ip || need+=(iproute2)
 have dig || need+=(bind9-dnsutils)
+have ping || need+=(iputils-ping)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
