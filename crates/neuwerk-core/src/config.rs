@@ -12,10 +12,15 @@
 //!   deny_response: refused    # or nxdomain
 //! policy:
 //!   file: policy.yaml         # relative to the config file's directory
+//!   audit: false              # default false
 //! management:                 # optional
 //!   listen: 127.0.0.1:3000
+//!   token_file: token         # or `token: <secret>`; read at load, trimmed
 //! conntrack:                  # optional, see ConntrackConfig::default()
 //!   tcp_idle: 1h
+//! logging:                    # optional
+//!   format: text              # or json
+//!   level: info               # a tracing filter; RUST_LOG, when set, wins
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +58,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub management: ManagementConfig,
     pub conntrack: ConntrackConfig,
+    pub logging: LoggingConfig,
 }
 
 /// The two interfaces of the node.
@@ -91,12 +97,46 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     pub file: PathBuf,
+    /// Every network audits, whatever its own `mode` says (`policy.audit`).
+    pub audit: bool,
 }
 
 /// The management listener (metrics and admin API).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ManagementConfig {
     pub listen: SocketAddr,
+    /// The API's bearer token: `management.token`, or the trimmed content of
+    /// `management.token_file` read at load. `None` when neither is set.
+    pub token: Option<String>,
+}
+
+/// Keeps the token out of debug output.
+impl std::fmt::Debug for ManagementConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// How the daemon logs (to stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, or `info,neuwerk_dns=debug`. RUST_LOG,
+    /// when set, wins.
+    pub level: String,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Idle timeouts of tracked connections.
@@ -114,6 +154,16 @@ impl Default for ManagementConfig {
     fn default() -> Self {
         ManagementConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            token: None,
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
         }
     }
 }
@@ -131,7 +181,8 @@ impl Default for ConntrackConfig {
 
 impl Config {
     /// Parses and validates config text. `file` names it in errors, and a
-    /// relative `policy.file` is resolved against `file`'s directory.
+    /// relative `policy.file` or `management.token_file` is resolved against
+    /// `file`'s directory. The token file is read here.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let base = Path::new(file).parent().unwrap_or(Path::new(""));
         yaml::parse(text)
@@ -155,7 +206,14 @@ impl Config {
     }
 }
 
-const ROOT_KEYS: &[&str] = &["interfaces", "dns", "policy", "management", "conntrack"];
+const ROOT_KEYS: &[&str] = &[
+    "interfaces",
+    "dns",
+    "policy",
+    "management",
+    "conntrack",
+    "logging",
+];
 
 fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
     if matches!(root.value, Value::Null) {
@@ -167,11 +225,15 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
     let policy = decode_policy(&f.required("policy", "the config")?.value, base)?;
     let management = match f.get("management") {
         None => ManagementConfig::default(),
-        Some(e) => decode_management(&e.value)?,
+        Some(e) => decode_management(&e.value, base)?,
     };
     let conntrack = match f.get("conntrack") {
         None => ConntrackConfig::default(),
         Some(e) => decode_conntrack(&e.value)?,
+    };
+    let logging = match f.get("logging") {
+        None => LoggingConfig::default(),
+        Some(e) => decode_logging(&e.value)?,
     };
     Ok(Config {
         interfaces,
@@ -179,6 +241,7 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         policy,
         management,
         conntrack,
+        logging,
     })
 }
 
@@ -346,33 +409,93 @@ fn duration(f: &Fields<'_>, key: &str, default: Duration) -> Result<(Duration, L
 }
 
 fn decode_policy(node: &Node, base: &Path) -> Result<PolicyConfig, Error> {
-    let f = node.fields("`policy`", &["file"])?;
+    let f = node.fields("`policy`", &["file", "audit"])?;
     let v = &f.required("file", "`policy`")?.value;
+    let file = file_path(v, base, "policy file path is empty")?;
+    let audit = match f.get("audit") {
+        None => false,
+        Some(e) => e.value.parse_with("true or false", parse_bool)?,
+    };
+    Ok(PolicyConfig { file, audit })
+}
+
+/// A non-empty path, resolved against `base` when relative.
+fn file_path(v: &Node, base: &Path, empty: &str) -> Result<PathBuf, Error> {
     let path = v.parse_with("a file path", |s| {
         if s.is_empty() {
-            Err("policy file path is empty".to_string())
+            Err(empty.to_string())
         } else {
             Ok(PathBuf::from(s))
         }
     })?;
-    let file = if path.is_relative() {
+    Ok(if path.is_relative() {
         base.join(path)
     } else {
         path
-    };
-    Ok(PolicyConfig { file })
+    })
 }
 
-fn decode_management(node: &Node) -> Result<ManagementConfig, Error> {
-    let f = node.fields("`management`", &["listen"])?;
-    let Some(e) = f.get("listen") else {
-        return Ok(ManagementConfig::default());
+/// YAML 1.2 core-schema booleans.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "True" | "TRUE" => Ok(true),
+        "false" | "False" | "FALSE" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean; use true or false")),
+    }
+}
+
+const MANAGEMENT_KEYS: &[&str] = &["listen", "token", "token_file"];
+
+fn decode_management(node: &Node, base: &Path) -> Result<ManagementConfig, Error> {
+    let f = node.fields("`management`", MANAGEMENT_KEYS)?;
+    let listen = match f.get("listen") {
+        None => ManagementConfig::default().listen,
+        Some(e) => e.value.parse_with("an address", |s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!("`{s}` is not an address; expected IP:port, e.g. 127.0.0.1:3000")
+            })
+        })?,
     };
-    let listen = e.value.parse_with("an address", |s| {
-        s.parse::<SocketAddr>()
-            .map_err(|_| format!("`{s}` is not an address; expected IP:port, e.g. 127.0.0.1:3000"))
-    })?;
-    Ok(ManagementConfig { listen })
+    let token = match (f.get("token"), f.get("token_file")) {
+        (None, None) => None,
+        (Some(t), Some(tf)) => {
+            // Point at whichever was written second.
+            let later = if (tf.key_loc.line, tf.key_loc.column) > (t.key_loc.line, t.key_loc.column)
+            {
+                tf.key_loc
+            } else {
+                t.key_loc
+            };
+            return Err(Error::new(
+                later,
+                "`token` and `token_file` are mutually exclusive; use one",
+            ));
+        }
+        (Some(t), None) => Some(t.value.parse_with("a token", |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                Err("`token` is empty".to_string())
+            } else {
+                Ok(s.to_string())
+            }
+        })?),
+        (None, Some(tf)) => {
+            let path = file_path(&tf.value, base, "token file path is empty")?;
+            Some(read_token(&path).map_err(|msg| Error::new(tf.value.loc, msg))?)
+        }
+    };
+    Ok(ManagementConfig { listen, token })
+}
+
+/// The token in `path`, surrounding whitespace trimmed.
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 const CONNTRACK_KEYS: &[&str] = &["tcp_idle", "tcp_closing", "udp_idle", "icmp_idle"];
@@ -393,6 +516,72 @@ fn decode_conntrack(node: &Node) -> Result<ConntrackConfig, Error> {
         udp_idle: timeout("udp_idle", d.udp_idle)?,
         icmp_idle: timeout("icmp_idle", d.icmp_idle)?,
     })
+}
+
+fn decode_logging(node: &Node) -> Result<LoggingConfig, Error> {
+    let f = node.fields("`logging`", &["format", "level"])?;
+    let d = LoggingConfig::default();
+    let format = match f.get("format") {
+        None => d.format,
+        Some(e) => {
+            e.value
+                .parse_with("a log format", |s| match s.to_ascii_lowercase().as_str() {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err(format!(
+                        "unknown log format `{s}`; expected `text` or `json`"
+                    )),
+                })?
+        }
+    };
+    let level = match f.get("level") {
+        None => d.level,
+        Some(e) => e.value.parse_with("a log level", |s| {
+            check_log_filter(s).map(|()| s.trim().to_string())
+        })?,
+    };
+    Ok(LoggingConfig { format, level })
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a tracing filter as far as it can be without the subscriber:
+/// comma-separated `level` or `target=level` directives, each level one of
+/// [`LEVELS`] (so that a misspelt level is not taken for a target). Span
+/// directives (`target[span]=level`) are left to the subscriber.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |l: &str| LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l));
+    let mut any = false;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        any = true;
+        if d.contains('[') {
+            continue;
+        }
+        match d.rsplit_once('=') {
+            Some((target, level)) => {
+                if target.trim().is_empty() {
+                    return Err(format!("`{d}` has no target before `=`"));
+                }
+                if !is_level(level.trim()) {
+                    return Err(format!(
+                        "`{d}`: unknown level `{}`; expected trace, debug, info, warn, error or off",
+                        level.trim()
+                    ));
+                }
+            }
+            None if is_level(d) => {}
+            None => {
+                return Err(format!(
+                    "unknown level `{d}`; expected trace, debug, info, warn, error or off, \
+                     or target=level"
+                ))
+            }
+        }
+    }
+    if !any {
+        return Err("logging level is empty; e.g. info or info,neuwerk_dns=debug".to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,34 +32,51 @@ pub(crate) enum AnswerError {
     Encode(#[from] hickory_proto::ProtoError),
 }
 
-/// An address learned from an answer, with its record's TTL in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The addresses learned from an answer, each once, with the TTL in
+/// seconds of its record (`ttls[i]` is `addrs[i]`'s). Kept apart so that
+/// the addresses can be lent out as a slice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Learned {
-    pub addr: IpAddr,
-    pub ttl: u32,
+    pub addrs: Vec<IpAddr>,
+    pub ttls: Vec<u32>,
+}
+
+impl Learned {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.addrs.len()
+    }
 }
 
 /// The A and AAAA records of the answer section owned by `qname` or by a
 /// name reached from it through the answer's CNAME chain. Records for any
 /// other name are ignored: only what answers the question becomes a grant.
 /// One entry per address, with the longest TTL seen for it.
-pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Vec<Learned> {
-    let mut chain: Vec<&Name> = Vec::with_capacity(2);
-    chain.push(qname);
-    while chain.len() <= MAX_CNAME_CHAIN {
-        let current = chain[chain.len() - 1];
+pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Learned {
+    // The chain is bounded, so it lives on the stack.
+    let mut chain: [&Name; MAX_CNAME_CHAIN + 1] = [qname; MAX_CNAME_CHAIN + 1];
+    let mut len = 1;
+    while len < chain.len() {
+        let current = chain[len - 1];
         let target = msg.answers.iter().find_map(|r| match &r.data {
             RData::CNAME(c) if r.dns_class == DNSClass::IN && r.name == *current => Some(&c.0),
             _ => None,
         });
         match target {
             // A loop back into the chain ends it.
-            Some(t) if !chain.contains(&t) => chain.push(t),
+            Some(t) if !chain[..len].contains(&t) => {
+                chain[len] = t;
+                len += 1;
+            }
             _ => break,
         }
     }
+    let chain = &chain[..len];
 
-    let mut out: Vec<Learned> = Vec::new();
+    let mut out = Learned::default();
     for r in &msg.answers {
         let addr = match &r.data {
             RData::A(a) => IpAddr::V4(a.0),
@@ -69,9 +86,12 @@ pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Vec<Learned> {
         if r.dns_class != DNSClass::IN || !chain.contains(&&r.name) {
             continue;
         }
-        match out.iter_mut().find(|l| l.addr == addr) {
-            Some(l) => l.ttl = l.ttl.max(r.ttl),
-            None => out.push(Learned { addr, ttl: r.ttl }),
+        match out.addrs.iter().position(|a| *a == addr) {
+            Some(i) => out.ttls[i] = out.ttls[i].max(r.ttl),
+            None => {
+                out.addrs.push(addr);
+                out.ttls.push(r.ttl);
+            }
         }
     }
     out
@@ -253,16 +273,10 @@ mod tests {
         let got = chain_addresses(&m, &name("www.example.com."));
         assert_eq!(
             got,
-            vec![
-                Learned {
-                    addr: [192, 0, 2, 1].into(),
-                    ttl: 60
-                },
-                Learned {
-                    addr: Ipv6Addr::LOCALHOST.into(),
-                    ttl: 20
-                },
-            ]
+            Learned {
+                addrs: vec![[192, 0, 2, 1].into(), Ipv6Addr::LOCALHOST.into()],
+                ttls: vec![60, 20],
+            }
         );
     }
 
@@ -288,10 +302,7 @@ mod tests {
         recs.push(a("n40.test.", 5, [10, 0, 0, 1]));
         recs.push(a("n3.test.", 5, [10, 0, 0, 3]));
         let got = chain_addresses(&response("n0.test.", recs), &name("n0.test."));
-        assert_eq!(
-            got.iter().map(|l| l.addr).collect::<Vec<_>>(),
-            vec![IpAddr::from([10, 0, 0, 3])]
-        );
+        assert_eq!(got.addrs, vec![IpAddr::from([10, 0, 0, 3])]);
     }
 
     fn view(edns_payload: Option<u16>, udp: bool) -> ClientView {

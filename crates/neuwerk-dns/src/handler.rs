@@ -3,23 +3,25 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, ResponseCode};
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, RecordType};
 use neuwerk_core::config::{DenyResponse, DnsConfig};
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
 use neuwerk_core::grants::{Grant, GrantError, GrantSink};
-use neuwerk_core::policy::{Policy, PortSet};
+use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
 use neuwerk_core::time::monotonic_ns;
-use tracing::{debug, error, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
-use crate::answer::{self, AnswerError, ClientView, EDNS_PAYLOAD};
+use crate::answer::{self, AnswerError, ClientView, Learned, EDNS_PAYLOAD};
 use crate::listen::Query;
 use crate::upstream::{Request, ResolveError, Upstreams};
 use crate::wire::{self, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP};
 use crate::{ProxyContext, Transport};
 
-/// Why a query was denied.
+/// Why a query was denied (or, in an auditing network, would have been).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DenyReason {
     /// The client's address is in no network of the policy.
@@ -30,8 +32,19 @@ pub(crate) enum DenyReason {
     BadName,
 }
 
+impl DenyReason {
+    /// A stable snake_case name, for logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DenyReason::NoNetwork => "no_network",
+            DenyReason::NoRule => "no_rule",
+            DenyReason::BadName => "bad_name",
+        }
+    }
+}
+
 /// How a query ended. Decided once per query and reported in one place,
-/// [`observe`], where counters belong.
+/// [`observe`], with the [`Facts`] gathered on the way.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Not answered: too short for a header, or a response.
@@ -39,11 +52,10 @@ pub(crate) enum Outcome {
     /// Answered FORMERR or NOTIMP.
     Malformed(ResponseCode),
     /// Answered with the deny rcode, never forwarded.
-    Denied { reason: DenyReason, name: Name },
+    Denied(DenyReason),
     /// The upstream's answer was relayed.
     Answered {
         rcode: ResponseCode,
-        learned: usize,
         truncated: bool,
     },
     /// No upstream answered usefully; the client got `rcode`.
@@ -57,10 +69,40 @@ pub(crate) enum Outcome {
     RelayFailed(AnswerError),
 }
 
+/// What is known about a query besides how it ended, filled in as the
+/// query path learns it; empty for a query whose question was never read.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    /// The client's network, if its address is in one.
+    network: Option<Arc<str>>,
+    /// The name as policy sees it, or as received (escaped) when policy
+    /// cannot read it.
+    name: String,
+    qtype: Option<RecordType>,
+    /// The query would have been denied for this reason, and was forwarded
+    /// (learning nothing) because the client's network audits.
+    audit: Option<DenyReason>,
+    /// What the answer taught, now in the grants.
+    learned: Learned,
+    /// Time spent waiting for upstreams, if any was asked.
+    upstream: Option<Duration>,
+}
+
+/// The policy's verdict on a query.
+enum Verdict {
+    /// Forward, and grant the answer's addresses to `network` on `ports`.
+    Allow { network: Arc<str>, ports: PortSet },
+    /// Answer with the deny rcode.
+    Deny(DenyReason),
+    /// Would be denied, but the network audits: forward, learn nothing.
+    Audit(DenyReason),
+}
+
 /// Shared by every listener; one `handle` call per query.
 pub(crate) struct Handler {
     policy: Arc<ArcSwap<Policy>>,
     grants: Arc<dyn GrantSink>,
+    observer: Arc<dyn DnsObserver>,
     upstreams: Upstreams,
     deny_rcode: ResponseCode,
     min_ttl_ns: u64,
@@ -83,6 +125,7 @@ impl Handler {
         Handler {
             policy: ctx.policy,
             grants: ctx.grants,
+            observer: ctx.observer,
             upstreams: Upstreams::new(upstreams, upstream_timeout),
             deny_rcode: match deny_response {
                 DenyResponse::Refused => ResponseCode::Refused,
@@ -96,12 +139,14 @@ impl Handler {
 
     /// Handles one query; returns the reply to send, if any.
     pub(crate) async fn handle(&self, query: Query) -> Option<Vec<u8>> {
-        let (outcome, reply) = self.process(&query).await;
-        observe(&query, &outcome);
+        let mut facts = Facts::default();
+        let (outcome, reply) = self.process(&query, &mut facts).await;
+        let total = query.received.elapsed();
+        observe(&*self.observer, &query, &facts, &outcome, total);
         reply
     }
 
-    async fn process(&self, query: &Query) -> (Outcome, Option<Vec<u8>>) {
+    async fn process(&self, query: &Query, facts: &mut Facts) -> (Outcome, Option<Vec<u8>>) {
         let b = &query.bytes[..];
         if b.len() < HEADER_LEN {
             return (Outcome::Dropped("shorter than a DNS header"), None);
@@ -127,18 +172,22 @@ impl Handler {
         let Some(question) = msg.queries.first() else {
             return formerr();
         };
+        facts.qtype = Some(question.query_type());
         let client = ClientView {
             id: msg.id,
             edns_payload: msg.edns.as_ref().map(Edns::max_payload),
             udp: query.transport == Transport::Udp,
         };
 
-        let (network, hostname, ports) = match self.authorize(query.peer.ip(), question.name()) {
-            Ok(allowed) => allowed,
-            Err(reason) => {
+        let grant_to = match self.authorize(query.peer.ip(), question.name(), facts) {
+            Verdict::Allow { network, ports } => Some((network, ports)),
+            Verdict::Audit(reason) => {
+                facts.audit = Some(reason);
+                None
+            }
+            Verdict::Deny(reason) => {
                 let reply = error_reply(&msg, b, self.deny_rcode);
-                let name = question.name().clone();
-                return (Outcome::Denied { reason, name }, Some(reply));
+                return (Outcome::Denied(reason), Some(reply));
             }
         };
 
@@ -149,7 +198,10 @@ impl Handler {
             authentic_data: msg.authentic_data,
             dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         };
-        let answer = match self.upstreams.resolve(&request).await {
+        let asked = Instant::now();
+        let resolved = self.upstreams.resolve(&request).await;
+        facts.upstream = Some(asked.elapsed());
+        let answer = match resolved {
             Ok(answer) => answer,
             Err(error) => {
                 let rcode = error.rcode();
@@ -160,10 +212,12 @@ impl Handler {
 
         let rcode = answer.msg.response_code;
         // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
-        let learned = if rcode == ResponseCode::NoError {
-            answer::chain_addresses(&answer.msg, question.name())
-        } else {
-            Vec::new()
+        // Nor for an audited name: its network's traffic passes anyway.
+        let learned = match &grant_to {
+            Some(_) if rcode == ResponseCode::NoError => {
+                answer::chain_addresses(&answer.msg, question.name())
+            }
+            _ => Learned::default(),
         };
         // Prepared before learning, so that nothing is learned for an
         // answer that cannot be sent.
@@ -175,17 +229,19 @@ impl Handler {
                 return (Outcome::RelayFailed(e), Some(reply));
             }
         };
-        if !learned.is_empty() {
+        if let (Some((network, ports)), false) = (grant_to, learned.is_empty()) {
             let now = monotonic_ns();
-            let hostname: Arc<str> = hostname.into();
+            let hostname: Arc<str> = facts.name.as_str().into();
             let batch: Vec<Grant> = learned
+                .addrs
                 .iter()
-                .map(|l| Grant {
+                .zip(&learned.ttls)
+                .map(|(&addr, &ttl)| Grant {
                     network: network.clone(),
-                    addr: l.addr,
+                    addr,
                     hostname: hostname.clone(),
                     ports: ports.clone(),
-                    expires_ns: now.saturating_add(self.lifetime_ns(l.ttl)),
+                    expires_ns: now.saturating_add(self.lifetime_ns(ttl)),
                 })
                 .collect();
             // Before the reply: the client's first packet to an address
@@ -194,27 +250,46 @@ impl Handler {
                 let reply = error_reply(&msg, b, ResponseCode::ServFail);
                 return (Outcome::LearnFailed(e), Some(reply));
             }
+            facts.learned = learned;
         }
         let outcome = Outcome::Answered {
             rcode,
-            learned: learned.len(),
             truncated: relayed.truncated,
         };
         (outcome, Some(reply))
     }
 
-    /// The client's network, the policy's form of the name and the ports its
-    /// rules allow. The policy is loaded once and released before any await.
-    fn authorize(
-        &self,
-        src: IpAddr,
-        name: &Name,
-    ) -> Result<(Arc<str>, String, PortSet), DenyReason> {
+    /// The policy's verdict on `name` asked by `src`; records the client's
+    /// network and the name in `facts`. The policy is loaded once and
+    /// released before any await.
+    fn authorize(&self, src: IpAddr, name: &Name, facts: &mut Facts) -> Verdict {
+        let readable = match policy_name(name) {
+            Some(qname) => {
+                facts.name = qname;
+                true
+            }
+            None => {
+                facts.name = name.to_ascii();
+                false
+            }
+        };
         let policy = self.policy.load();
-        let network = policy.network_of(src).ok_or(DenyReason::NoNetwork)?;
-        let qname = policy_name(name).ok_or(DenyReason::BadName)?;
-        let ports = network.ports_for_name(&qname).ok_or(DenyReason::NoRule)?;
-        Ok((network.name.clone(), qname, ports))
+        let Some(network) = policy.network_of(src) else {
+            return Verdict::Deny(DenyReason::NoNetwork);
+        };
+        facts.network = Some(network.name.clone());
+        let reason = if !readable {
+            DenyReason::BadName
+        } else if let Some(ports) = network.ports_for_name(&facts.name) {
+            let network = network.name.clone();
+            return Verdict::Allow { network, ports };
+        } else {
+            DenyReason::NoRule
+        };
+        match network.mode {
+            NetworkMode::Audit => Verdict::Audit(reason),
+            NetworkMode::Enforce => Verdict::Deny(reason),
+        }
     }
 
     /// How long a grant lives: the record's TTL clamped to [min_ttl, max_ttl]
@@ -269,31 +344,84 @@ fn error_reply(query: &Message, raw: &[u8], rcode: ResponseCode) -> Vec<u8> {
         .unwrap_or_else(|_| wire::header_reply(raw, u16::from(rcode) as u8))
 }
 
-/// Reports how a query ended; the single place for logs and, later, counters.
-fn observe(query: &Query, outcome: &Outcome) {
+/// Reports how a query ended, once per query: to the observer, and to the
+/// log (denials, audited or not, at info; the rest below).
+fn observe(
+    observer: &dyn DnsObserver,
+    query: &Query,
+    facts: &Facts,
+    outcome: &Outcome,
+    total: Duration,
+) {
+    let result = match outcome {
+        Outcome::Dropped(_) | Outcome::Malformed(_) => DnsResult::Malformed,
+        Outcome::Denied(_) => DnsResult::Denied,
+        // Forwarded only because its network audits, however that went.
+        _ if facts.audit.is_some() => DnsResult::AuditDenied,
+        Outcome::Answered { .. } => DnsResult::Allowed,
+        Outcome::UpstreamFailed { .. } => DnsResult::ServFail,
+        Outcome::LearnFailed(_) | Outcome::RelayFailed(_) => DnsResult::Error,
+    };
+    let mut type_buf = [0u8; TYPE_TEXT_LEN];
+    let qtype = facts.qtype.map_or("", |t| type_text(t, &mut type_buf));
+    let client = query.peer.ip();
+    observer.query(&DnsQueryView {
+        client,
+        network: facts.network.as_deref(),
+        name: &facts.name,
+        qtype,
+        result,
+        addrs: &facts.learned.addrs,
+        total,
+        upstream: facts.upstream,
+    });
+
     let peer = query.peer;
     let transport = query.transport;
+    let network = facts.network.as_deref().unwrap_or("-");
+    let name = facts.name.as_str();
+    if let Some(reason) = facts.audit {
+        let reason = reason.name();
+        info!(%client, network, name, qtype, reason, ?transport, "query audit-denied: forwarded, nothing learned");
+    }
     match outcome {
         Outcome::Dropped(why) => trace!(%peer, ?transport, why, "query dropped"),
         Outcome::Malformed(rcode) => debug!(%peer, ?transport, %rcode, "malformed query"),
-        Outcome::Denied { reason, name } => {
-            debug!(%peer, ?transport, %name, ?reason, "query denied")
+        Outcome::Denied(reason) => {
+            let reason = reason.name();
+            info!(%client, network, name, qtype, reason, ?transport, "query denied")
         }
-        Outcome::Answered {
-            rcode,
-            learned,
-            truncated,
-        } => trace!(%peer, ?transport, %rcode, learned, truncated, "query answered"),
+        Outcome::Answered { rcode, truncated } => {
+            let learned = facts.learned.len();
+            trace!(%peer, ?transport, name, qtype, %rcode, learned, truncated, "query answered")
+        }
         Outcome::UpstreamFailed { rcode, error } => {
-            debug!(%peer, ?transport, %rcode, %error, "upstream failed")
+            debug!(%peer, ?transport, name, qtype, %rcode, %error, "upstream failed")
         }
         Outcome::LearnFailed(e) => {
-            error!(%peer, error = %e, "grants not learned, answering SERVFAIL")
+            error!(%peer, name, error = %e, "grants not learned, answering SERVFAIL")
         }
         Outcome::RelayFailed(e) => {
-            warn!(%peer, error = %e, "answer not relayed, answering SERVFAIL")
+            warn!(%peer, name, error = %e, "answer not relayed, answering SERVFAIL")
         }
     }
+}
+
+/// Room for the longest type mnemonic (`NSEC3PARAM`) or `TYPE65535`.
+const TYPE_TEXT_LEN: usize = 10;
+
+/// The mnemonic of `t`, or `TYPE<n>` (RFC 3597) for a type without one,
+/// written into `buf` so that no allocation is needed.
+fn type_text(t: RecordType, buf: &mut [u8; TYPE_TEXT_LEN]) -> &str {
+    use std::io::Write;
+    let RecordType::Unknown(code) = t else {
+        return t.into();
+    };
+    let mut rest = &mut buf[..];
+    // Cannot fail: "TYPE" and at most 5 digits fit.
+    let _ = write!(rest, "TYPE{code}");
+    let len = TYPE_TEXT_LEN - rest.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or("TYPE")
 }
 
 #[cfg(test)]
@@ -317,5 +445,14 @@ mod tests {
         let binary = Name::from_labels(vec![&b"a\x00b"[..], b"com"]).unwrap();
         assert_eq!(policy_name(&binary), None);
         assert_eq!(policy_name(&n("*.example.com")), None);
+    }
+
+    #[test]
+    fn type_texts() {
+        let mut buf = [0u8; TYPE_TEXT_LEN];
+        assert_eq!(type_text(RecordType::AAAA, &mut buf), "AAAA");
+        assert_eq!(type_text(RecordType::NSEC3PARAM, &mut buf), "NSEC3PARAM");
+        assert_eq!(type_text(RecordType::from(65535), &mut buf), "TYPE65535");
+        assert_eq!(type_text(RecordType::from(0xff00), &mut buf), "TYPE65280");
     }
 }

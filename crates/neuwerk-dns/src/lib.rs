@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use neuwerk_core::config::DnsConfig;
+use neuwerk_core::events::DnsObserver;
 use neuwerk_core::grants::GrantSink;
 use neuwerk_core::policy::Policy;
 use tokio::net::{TcpListener, UdpSocket};
@@ -37,6 +38,8 @@ pub struct ProxyContext {
     pub policy: Arc<ArcSwap<Policy>>,
     /// Where learned grants go, before each answer is released.
     pub grants: Arc<dyn GrantSink>,
+    /// Told of every query once, when its reply is ready (or it is dropped).
+    pub observer: Arc<dyn DnsObserver>,
 }
 
 /// A listener's transport.

@@ -50,7 +50,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            init_logging();
+            // For its logging settings only: `run` loads it again and
+            // reports what is wrong with it.
+            let logging = neuwerk_core::config::Config::load(&config)
+                .map(|c| c.logging)
+                .unwrap_or_default();
+            init_logging(&logging);
             match run::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -75,12 +80,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Text logs to stderr; level from RUST_LOG, info by default.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Logs to stderr as `logging` says (text, or one JSON object per line);
+/// the filter from RUST_LOG when set, else `logging.level`, else info.
+fn init_logging(logging: &neuwerk_core::config::LoggingConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&logging.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match logging.format {
+        neuwerk_core::config::LogFormat::Text => logs.init(),
+        neuwerk_core::config::LogFormat::Json => logs.json().init(),
+    }
 }

@@ -59,6 +59,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.dns.clone(),
         policy: policy.clone(),
         grants: store.clone(),
+        observer: Arc::new(neuwerk_core::events::NoObserver),
     })
     .await?;
     tracing::info!(listen = ?config.dns.listen, "DNS proxy listening");

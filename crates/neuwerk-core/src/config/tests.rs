@@ -39,13 +39,18 @@ dns:
   deny_response: nxdomain
 policy:
   file: /etc/neuwerk/policy.yaml
+  audit: true
 management:
   listen: 127.0.0.1:3000
+  token: " s3cret "
 conntrack:
   tcp_idle: 1h
   tcp_closing: 10s
   udp_idle: 60s
   icmp_idle: 30s
+logging:
+  format: json
+  level: info,neuwerk_dns=debug
 "#;
 
 #[test]
@@ -64,8 +69,17 @@ fn the_documented_example() {
     assert_eq!(c.dns.max_ttl, Duration::from_secs(86_400));
     assert_eq!(c.dns.deny_response, DenyResponse::NxDomain);
     assert_eq!(c.policy.file, PathBuf::from("/etc/neuwerk/policy.yaml"));
+    assert!(c.policy.audit);
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(c.management.token.as_deref(), Some("s3cret"));
     assert_eq!(c.conntrack, ConntrackConfig::default());
+    assert_eq!(
+        c.logging,
+        LoggingConfig {
+            format: LogFormat::Json,
+            level: "info,neuwerk_dns=debug".into(),
+        }
+    );
 }
 
 #[test]
@@ -84,10 +98,18 @@ fn defaults() {
     assert_eq!(c.dns.deny_response, DenyResponse::Refused);
     assert_eq!(c.management, ManagementConfig::default());
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(c.management.token, None);
+    assert!(!c.policy.audit);
     assert_eq!(c.conntrack, ConntrackConfig::default());
+    assert_eq!(c.logging, LoggingConfig::default());
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.logging.level, "info");
     // An empty optional section means all defaults.
-    let c = ok(&with_tail("management:\nconntrack:\n  udp_idle: 5m\n"));
+    let c = ok(&with_tail(
+        "management:\nconntrack:\n  udp_idle: 5m\nlogging:\n",
+    ));
     assert_eq!(c.management, ManagementConfig::default());
+    assert_eq!(c.logging, LoggingConfig::default());
     assert_eq!(c.conntrack.udp_idle, Duration::from_secs(300));
     assert_eq!(c.conntrack.tcp_idle, ConntrackConfig::default().tcp_idle);
 }
@@ -162,6 +184,108 @@ fn load_reads_the_file_and_names_it_in_errors() {
     );
 }
 
+#[test]
+fn policy_audit() {
+    let audit = |v: &str| {
+        let text = with_dns("").replace("file: p.yaml", &format!("file: p.yaml\n  audit: {v}"));
+        ok(&text).policy.audit
+    };
+    assert!(audit("true"));
+    assert!(audit("True"));
+    assert!(!audit("false"));
+    assert!(!audit("FALSE"));
+}
+
+#[test]
+fn logging_section() {
+    let c = ok(&with_tail("logging:\n  format: JSON\n"));
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert_eq!(c.logging.level, "info");
+    let c = ok(&with_tail("logging:\n  level: warn\n"));
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.logging.level, "warn");
+    for level in [
+        "debug",
+        "neuwerk_dns=debug",
+        "info, neuwerk_dns::handler=trace",
+        "OFF",
+        "warn,neuwerk[query]=debug",
+    ] {
+        let c = ok(&with_tail(&format!("logging:\n  level: \"{level}\"\n")));
+        assert_eq!(c.logging.level, level);
+    }
+}
+
+/// A scratch directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("neuwerk-config-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn management_token_inline_or_from_a_file() {
+    let dir = TempDir::new("token");
+    let config = dir.0.join("config.yaml");
+    let parse =
+        |management: &str| Config::parse(&with_tail(management), &config.display().to_string());
+    let c = parse("management:\n  token: abc123\n").unwrap();
+    assert_eq!(c.management.token.as_deref(), Some("abc123"));
+    assert_eq!(c.management.listen, ManagementConfig::default().listen);
+
+    // Relative to the config's directory, whitespace trimmed.
+    std::fs::write(dir.0.join("token"), "  from-file\n\n").unwrap();
+    let c = parse("management:\n  listen: 127.0.0.1:9000\n  token_file: token\n").unwrap();
+    assert_eq!(c.management.token.as_deref(), Some("from-file"));
+    assert_eq!(c.management.listen, "127.0.0.1:9000".parse().unwrap());
+    let abs = dir.0.join("token").display().to_string();
+    let c = parse(&format!("management:\n  token_file: \"{abs}\"\n")).unwrap();
+    assert_eq!(c.management.token.as_deref(), Some("from-file"));
+    // Never shown in debug output.
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("from-file"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+
+    let file = config.display().to_string();
+    let missing = dir.0.join("nope");
+    let e = parse("management:\n  token_file: nope\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{file}:10:15: cannot read token file {}: ",
+            missing.display()
+        )),
+        "{e}"
+    );
+    std::fs::write(dir.0.join("blank"), " \n\t\n").unwrap();
+    let e = parse("management:\n  token_file: blank\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{file}:10:15: token file {} is empty",
+            dir.0.join("blank").display()
+        )
+    );
+    // A directory cannot be read as a token.
+    let e = parse("management:\n  token_file: .\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot read token file"), "{e}");
+}
+
 fn error_cases() -> Vec<(String, &'static str)> {
     let iface = |ingress: &str, egress: &str| {
         with_dns("")
@@ -203,7 +327,21 @@ fn error_cases() -> Vec<(String, &'static str)> {
         (with_dns("").replace("file: p.yaml", "file: \"\""), "c.yaml:8:9: policy file path is empty"),
         (with_dns("").replace("  file: p.yaml\n", ""), "c.yaml:7:1: `policy` needs `file`"),
         (with_tail("management:\n  listen: localhost:3000\n"), "c.yaml:10:11: `localhost:3000` is not an address; expected IP:port, e.g. 127.0.0.1:3000"),
-        (with_tail("management:\n  port: 3000\n"), "c.yaml:10:3: unknown key `port` in `management`; expected one of `listen`"),
+        (with_tail("management:\n  port: 3000\n"), "c.yaml:10:3: unknown key `port` in `management`; expected one of `listen`, `token`, `token_file`"),
+        (with_tail("management:\n  token: a\n  token_file: t\n"), "c.yaml:11:3: `token` and `token_file` are mutually exclusive; use one"),
+        (with_tail("management:\n  token_file: t\n  token: a\n"), "c.yaml:11:3: `token` and `token_file` are mutually exclusive; use one"),
+        (with_tail("management:\n  token: \" \"\n"), "c.yaml:10:10: `token` is empty"),
+        (with_tail("management:\n  token:\n"), "c.yaml:10:3: expected a token, found nothing"),
+        (with_tail("management:\n  token_file: \"\"\n"), "c.yaml:10:15: token file path is empty"),
+        (with_dns("").replace("file: p.yaml", "file: p.yaml\n  audit: yes"), "c.yaml:9:10: `yes` is not a boolean; use true or false"),
+        (with_dns("").replace("file: p.yaml", "file: p.yaml\n  audit: [true]"), "c.yaml:9:10: expected true or false, found a list"),
+        (with_dns("").replace("file: p.yaml", "file: p.yaml\n  adit: true"), "c.yaml:9:3: unknown key `adit` in `policy`; did you mean `audit`?"),
+        (with_tail("logging:\n  format: xml\n"), "c.yaml:10:11: unknown log format `xml`; expected `text` or `json`"),
+        (with_tail("logging:\n  level: inof\n"), "c.yaml:10:10: unknown level `inof`; expected trace, debug, info, warn, error or off, or target=level"),
+        (with_tail("logging:\n  level: neuwerk_dns=verbose\n"), "c.yaml:10:10: `neuwerk_dns=verbose`: unknown level `verbose`; expected trace, debug, info, warn, error or off"),
+        (with_tail("logging:\n  level: =debug\n"), "c.yaml:10:10: `=debug` has no target before `=`"),
+        (with_tail("logging:\n  level: \" , \"\n"), "c.yaml:10:10: logging level is empty; e.g. info or info,neuwerk_dns=debug"),
+        (with_tail("logging:\n  levels: info\n"), "c.yaml:10:3: unknown key `levels` in `logging`; did you mean `level`?"),
         (with_tail("conntrack:\n  tcp_idel: 1h\n"), "c.yaml:10:3: unknown key `tcp_idel` in `conntrack`; did you mean `tcp_idle`?"),
         (with_tail("conntrack:\n  udp_idle: 0s\n"), "c.yaml:10:13: udp_idle must be greater than 0"),
         (with_tail("conntrack:\n  icmp_idle: 30\n"), "c.yaml:10:14: `30` has no unit; use a unit, e.g. 2s"),
@@ -220,4 +358,13 @@ fn every_error_names_file_line_and_column() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_shipped_example_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config.example.yaml");
+    let c = Config::load(&path).unwrap();
+    assert!(!c.policy.audit);
+    assert_eq!(c.management.token, None);
+    assert_eq!(c.logging, LoggingConfig::default());
 }

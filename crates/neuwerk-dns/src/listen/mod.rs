@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -23,6 +24,9 @@ pub(crate) struct Query {
     pub bytes: Bytes,
     pub peer: SocketAddr,
     pub transport: Transport,
+    /// When the listener received it (for TCP, when the read that
+    /// completed the frame returned): the start of the query's time.
+    pub received: Instant,
 }
 
 /// A task ended; a panic is a bug worth an error, not a dead server.

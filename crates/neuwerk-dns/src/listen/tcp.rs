@@ -73,6 +73,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) 
     let mut buf = BytesMut::with_capacity(1024);
     let mut inflight: JoinSet<Option<Vec<u8>>> = JoinSet::new();
     let mut reading = true;
+    // When the last read returned: every frame in `buf` had arrived by then.
+    let mut read_at = std::time::Instant::now();
     let idle = tokio::time::sleep(IDLE_TIMEOUT);
     tokio::pin!(idle);
 
@@ -86,6 +88,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) 
                         bytes,
                         peer,
                         transport: Transport::Tcp,
+                        received: read_at,
                     };
                     inflight.spawn(async move { handler.handle(query).await });
                 }
@@ -119,7 +122,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) 
                     // EOF (a half-close): answer what is in flight, then
                     // close; a partial frame left in `buf` is dropped.
                     Ok(0) => reading = false,
-                    Ok(_) => {}
+                    Ok(_) => read_at = std::time::Instant::now(),
                     Err(_) => return,
                 }
             }

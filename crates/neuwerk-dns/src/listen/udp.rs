@@ -1,7 +1,7 @@
 //! UDP listener: one receive loop per socket, one task per datagram.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
@@ -44,10 +44,12 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
                 continue;
             }
         };
+        let received = Instant::now();
         let query = Query {
             bytes: Bytes::copy_from_slice(&buf[..n]),
             peer,
             transport: Transport::Udp,
+            received,
         };
         let handler = handler.clone();
         let socket = socket.clone();

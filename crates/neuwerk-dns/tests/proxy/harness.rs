@@ -11,6 +11,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use neuwerk_core::config::{DenyResponse, DnsConfig};
+use neuwerk_core::events::{DnsEvent, DnsObserver, DnsQueryView};
 use neuwerk_core::grants::{Grant, GrantError, GrantSink};
 use neuwerk_core::policy::hostname::PatternKind;
 use neuwerk_core::policy::{
@@ -290,6 +291,55 @@ impl Sink {
     }
 }
 
+// ---------------------------------------------------------------- observer
+
+/// One query as the observer saw it.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub event: DnsEvent,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+}
+
+/// Records every query reported to the observer.
+#[derive(Default)]
+pub struct Recorder {
+    pub seen: Mutex<Vec<Observed>>,
+}
+
+impl DnsObserver for Recorder {
+    fn query(&self, q: &DnsQueryView<'_>) {
+        self.seen.lock().unwrap().push(Observed {
+            event: DnsEvent::from(q),
+            total: q.total,
+            upstream: q.upstream,
+        });
+    }
+}
+
+impl Recorder {
+    pub fn all(&self) -> Vec<Observed> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits up to `CLIENT_WAIT` for the `n`th report (1-based), for
+    /// queries that get no reply.
+    pub async fn nth(&self, n: usize) -> Observed {
+        let start = Instant::now();
+        loop {
+            if let Some(o) = self.seen.lock().unwrap().get(n - 1) {
+                return o.clone();
+            }
+            assert!(start.elapsed() < CLIENT_WAIT, "no report #{n}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- policy
 
 pub fn https() -> PortSet {
@@ -339,6 +389,13 @@ pub fn policy(cidrs: &[&str]) -> Policy {
     }
 }
 
+/// [`policy`], with the network in `mode`.
+pub fn policy_in(cidrs: &[&str], mode: NetworkMode) -> Policy {
+    let mut p = policy(cidrs);
+    p.networks[0].mode = mode;
+    p
+}
+
 /// The config the tests start from: one listener on 127.0.0.1:0, 200 ms
 /// per upstream try, grants living 60 s to 600 s.
 pub fn config(upstreams: &[SocketAddr]) -> DnsConfig {
@@ -359,6 +416,7 @@ pub struct Proxy {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub sink: Arc<Sink>,
+    pub observed: Arc<Recorder>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), neuwerk_dns::DnsError>>>,
 }
@@ -374,10 +432,12 @@ impl Drop for Proxy {
 impl Proxy {
     pub async fn start(config: DnsConfig, policy: Policy) -> Proxy {
         let sink = Arc::new(Sink::default());
+        let observed = Arc::new(Recorder::default());
         let server = DnsServer::bind(ProxyContext {
             config,
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             grants: sink.clone(),
+            observer: observed.clone(),
         })
         .await
         .unwrap();
@@ -392,6 +452,7 @@ impl Proxy {
             udp,
             tcp,
             sink,
+            observed,
             stop: Some(stop),
             task: Some(task),
         }

@@ -2,6 +2,8 @@
 //! recording grant sink.
 
 mod answers;
+mod audit;
 mod harness;
+mod observer;
 mod robustness;
 mod upstreams;

@@ -222,6 +222,7 @@ async fn bind_errors_name_the_address() {
         },
         policy: Default::default(),
         grants: proxy.sink.clone(),
+        observer: proxy.observed.clone(),
     };
     let busy = proxy.udp;
     let err = DnsServer::bind(ctx(busy)).await.err().unwrap();

@@ -1,0 +1,354 @@
+//! Prometheus metrics (OpenMetrics text), with the official
+//! `prometheus-client` crate.
+//!
+//! Userspace counts only what happens in userspace (DNS queries, grants
+//! learned, reloads). Packet counters live in the kernel and are read once
+//! per scrape by a [`Collector`] over a [`KernelStats`] snapshot, so the
+//! packet path does no userspace work at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::model::{DnsCount, GrantCount, KernelStats};
+
+/// Histogram buckets for DNS latencies: 50 µs (a cached or denied answer)
+/// to 5 s (beyond the longest sensible upstream timeout).
+pub const DNS_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Every DNS result, in label order.
+const RESULTS: [DnsResult; 6] = [
+    DnsResult::Allowed,
+    DnsResult::Denied,
+    DnsResult::AuditDenied,
+    DnsResult::ServFail,
+    DnsResult::Error,
+    DnsResult::Malformed,
+];
+
+fn result_index(r: DnsResult) -> usize {
+    match r {
+        DnsResult::Allowed => 0,
+        DnsResult::Denied => 1,
+        DnsResult::AuditDenied => 2,
+        DnsResult::ServFail => 3,
+        DnsResult::Error => 4,
+        DnsResult::Malformed => 5,
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    network: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkLabel {
+    network: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The series of one network, created once so the query path only looks
+/// a name up and bumps atomics.
+struct NetHandles {
+    dns: [Counter; 6],
+    learned: Counter,
+}
+
+/// The daemon's metrics. Cheap to call from the DNS path: a query costs a
+/// read-locked map lookup by `&str`, an atomic add and two histogram
+/// observations, and allocates only the first time a network is seen.
+pub struct Metrics {
+    registry: Registry,
+    dns_queries: Family<DnsLabels, Counter>,
+    grants_learned: Family<NetworkLabel, Counter>,
+    dns_duration: Histogram,
+    upstream_duration: Histogram,
+    reload_ok: Counter,
+    reload_failed: Counter,
+    generation: Gauge<u64, AtomicU64>,
+    /// By network name; `""` is "no network".
+    networks: RwLock<HashMap<Arc<str>, NetHandles>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics of a daemon of `version` (exported as `neuwerk_build_info`).
+    pub fn new(version: &str) -> Metrics {
+        let mut registry = Registry::default();
+        let dns_queries = Family::<DnsLabels, Counter>::default();
+        registry.register(
+            "neuwerk_dns_queries",
+            "DNS queries by client network and result",
+            dns_queries.clone(),
+        );
+        let dns_duration = Histogram::new(DNS_BUCKETS);
+        registry.register_with_unit(
+            "neuwerk_dns_duration",
+            "From receiving a DNS query to its reply being ready",
+            Unit::Seconds,
+            dns_duration.clone(),
+        );
+        let upstream_duration = Histogram::new(DNS_BUCKETS);
+        registry.register_with_unit(
+            "neuwerk_dns_upstream_duration",
+            "Time spent waiting for upstream resolvers, per query that asked one",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let grants_learned = Family::<NetworkLabel, Counter>::default();
+        registry.register(
+            "neuwerk_grants_learned",
+            "Grants learned from allowed DNS answers, by network",
+            grants_learned.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "neuwerk_policy_reloads",
+            "Policy reloads by result (ok, failed)",
+            reloads.clone(),
+        );
+        let generation = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "neuwerk_policy_generation",
+            "Generation of the policy in force",
+            generation.clone(),
+        );
+        registry.register(
+            "neuwerk_build",
+            "The running daemon's version",
+            Info::new(vec![("version".to_string(), version.to_string())]),
+        );
+        Metrics {
+            registry,
+            dns_queries,
+            grants_learned,
+            dns_duration,
+            upstream_duration,
+            reload_ok: reloads.get_or_create_owned(&ResultLabel { result: "ok" }),
+            reload_failed: reloads.get_or_create_owned(&ResultLabel { result: "failed" }),
+            generation,
+            networks: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `f` on the handles of `network`, creating them on first use.
+    fn with_network<R>(&self, network: &str, f: impl FnOnce(&NetHandles) -> R) -> R {
+        {
+            let map = self.networks.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = map.get(network) {
+                return f(h);
+            }
+        }
+        let mut map = self.networks.write().unwrap_or_else(|p| p.into_inner());
+        let h = map.entry(Arc::from(network)).or_insert_with_key(|name| {
+            let dns = RESULTS.map(|r| {
+                self.dns_queries.get_or_create_owned(&DnsLabels {
+                    network: name.clone(),
+                    result: r.name(),
+                })
+            });
+            let learned = self.grants_learned.get_or_create_owned(&NetworkLabel {
+                network: name.clone(),
+            });
+            NetHandles { dns, learned }
+        });
+        f(h)
+    }
+
+    /// Creates `network`'s DNS and grant series at 0, so they are exported
+    /// before its first query (call after each policy load; idempotent).
+    pub fn declare_network(&self, network: &str) {
+        self.with_network(network, |_| ());
+    }
+
+    /// `n` grants were learned for `network`.
+    pub fn grant_learned(&self, network: &str, n: u64) {
+        self.with_network(network, |h| h.learned.inc_by(n));
+    }
+
+    /// A policy load was attempted. Call it from the one place every reload
+    /// goes through (signal, file change and API alike); `generation` is
+    /// the generation in force afterwards.
+    pub fn reload(&self, ok: bool, generation: u64) {
+        if ok {
+            &self.reload_ok
+        } else {
+            &self.reload_failed
+        }
+        .inc();
+        self.generation.set(generation);
+    }
+
+    /// Sets the generation without counting a reload (the initial load).
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.set(generation);
+    }
+
+    /// DNS queries so far per (network, result), non-zero only, sorted.
+    pub fn dns_counts(&self) -> Vec<DnsCount> {
+        let map = self.networks.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<DnsCount> = map
+            .iter()
+            .flat_map(|(name, h)| {
+                RESULTS.iter().zip(&h.dns).filter_map(move |(r, c)| {
+                    let count = c.get();
+                    (count > 0).then(|| DnsCount {
+                        network: (!name.is_empty()).then(|| name.to_string()),
+                        result: r.name().to_string(),
+                        count,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.network, &a.result).cmp(&(&b.network, &b.result)));
+        out
+    }
+
+    /// The whole exposition: userspace metrics, then the kernel's counters
+    /// and live grants from this scrape's snapshot, then `# EOF`.
+    pub fn render(&self, kernel: KernelStats, grants_active: Vec<GrantCount>) -> String {
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(ScrapeCollector {
+            kernel,
+            grants_active,
+        }));
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail; encoders only fail on fmt errors.
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &scrape))
+            .and_then(|()| encode_eof(&mut out));
+        out
+    }
+}
+
+impl DnsObserver for Metrics {
+    fn query(&self, q: &DnsQueryView<'_>) {
+        self.with_network(q.network.unwrap_or(""), |h| {
+            h.dns[result_index(q.result)].inc();
+        });
+        self.dns_duration.observe(q.total.as_secs_f64());
+        if let Some(u) = q.upstream {
+            self.upstream_duration.observe(u.as_secs_f64());
+        }
+    }
+}
+
+/// Exports one scrape's snapshot of kernel counters (absolute values, as
+/// counters) and live grants.
+#[derive(Debug)]
+struct ScrapeCollector {
+    kernel: KernelStats,
+    grants_active: Vec<GrantCount>,
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let k = &self.kernel;
+        let mut packets: BTreeMap<(&str, &str, &'static str), u64> = BTreeMap::new();
+        for p in &k.packets {
+            let key = (
+                p.network.as_deref().unwrap_or(""),
+                p.protocol.as_ref(),
+                p.verdict.name(),
+            );
+            *packets.entry(key).or_default() += p.count;
+        }
+        let mut e = encoder.encode_descriptor(
+            "neuwerk_packets",
+            "Packets judged by the dataplane, by client network, protocol and verdict",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((network, protocol, verdict), count) in &packets {
+            let labels = [
+                ("network", *network),
+                ("protocol", *protocol),
+                ("verdict", *verdict),
+            ];
+            ConstCounter::new(*count).encode(e.encode_family(&labels)?)?;
+        }
+
+        let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &k.reasons {
+            *reasons.entry(r.reason.as_ref()).or_default() += r.count;
+        }
+        let mut e = encoder.encode_descriptor(
+            "neuwerk_packet_reasons",
+            "Packets by the dataplane's reason for its verdict",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in &reasons {
+            ConstCounter::new(*count).encode(e.encode_family(&[("reason", *reason)])?)?;
+        }
+
+        for (name, help, pick) in [
+            (
+                "neuwerk_map_entries",
+                "Entries in use per kernel map",
+                (|m| m.entries) as fn(&crate::model::MapUsage) -> u64,
+            ),
+            (
+                "neuwerk_map_capacity",
+                "Maximum entries per kernel map",
+                |m| m.capacity,
+            ),
+        ] {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for m in &k.maps {
+                ConstGauge::new(pick(m)).encode(e.encode_family(&[("map", m.map.as_ref())])?)?;
+            }
+        }
+
+        ConstGauge::new(k.conntrack_entries).encode(encoder.encode_descriptor(
+            "neuwerk_conntrack_entries",
+            "Connections tracked by the dataplane",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(k.events_lost).encode(encoder.encode_descriptor(
+            "neuwerk_events_lost",
+            "Events the kernel could not report (rate limit or full ring)",
+            None,
+            MetricType::Counter,
+        )?)?;
+
+        let mut e = encoder.encode_descriptor(
+            "neuwerk_grants_active",
+            "Grants not yet expired, by network",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &self.grants_active {
+            ConstGauge::new(g.count)
+                .encode(e.encode_family(&[("network", g.network.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
