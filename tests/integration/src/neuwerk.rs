@@ -73,6 +73,10 @@ pub struct NeuwerkConfig {
     pub management: SocketAddr,
     /// `conntrack` (omitted by default).
     pub conntrack: Option<Conntrack>,
+    /// `management.token` (none by default).
+    pub token: Option<String>,
+    /// `policy.audit` (false by default).
+    pub audit: bool,
 }
 
 impl Default for NeuwerkConfig {
@@ -88,6 +92,8 @@ impl Default for NeuwerkConfig {
             deny_response: DenyResponse::Refused,
             management: SocketAddr::from(([127, 0, 0, 1], 3000)),
             conntrack: None,
+            token: None,
+            audit: false,
         }
     }
 }
@@ -109,7 +115,7 @@ impl NeuwerkConfig {
             "interfaces: {{ ingress: {}, egress: {} }}\n\
              dns:\n  listen: [{}]\n  upstreams: [{}]\n  upstream_timeout: {}\n  \
              min_ttl: {}\n  max_ttl: {}\n  deny_response: {deny}\n\
-             policy: {{ file: \"{}\" }}\nmanagement: {{ listen: \"{}\" }}\n",
+             policy: {{ file: \"{}\"{} }}\nmanagement: {{ listen: \"{}\"{} }}\n",
             self.ingress,
             self.egress,
             list(&self.listen),
@@ -118,7 +124,12 @@ impl NeuwerkConfig {
             duration(self.min_ttl),
             duration(self.max_ttl),
             policy_file.display(),
+            if self.audit { ", audit: true" } else { "" },
             self.management,
+            self.token
+                .as_ref()
+                .map(|t| format!(", token: \"{t}\""))
+                .unwrap_or_default(),
         );
         if let Some(c) = self.conntrack {
             let _ = writeln!(
