@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * TC ingress of the client-facing interface: every packet a client sends.
- * parse -> local DNS -> tracked connection -> network -> rule -> grant -> verdict.
+ * parse -> local DNS -> tracked connection -> network -> rule -> grant -> audit
+ * -> verdict.
  */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -25,25 +26,37 @@ static __always_inline int is_local_dns(const struct nw_flow *f)
 	return bpf_map_lookup_elem(&nw_local, &k) != NULL;
 }
 
-static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw_flow *f)
+/* The reason for `f`; `*net_id` receives the network it counts in. */
+static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw_flow *f,
+					  __u32 *net_id)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct nw_ct_key ct = {};
+	struct nw_ct_value *tracked;
 	struct nw_net_value *net;
 	__u32 gen;
 
 	if (is_local_dns(f))
 		return NW_PASS_LOCAL_DNS;
 	ct_key_forward(&ct, f);
-	if (ct_touch(&ct, f, now))
+	tracked = ct_touch(&ct, f, now);
+	if (tracked) {
+		*net_id = tracked->net_id;
 		return NW_PASS_CT;
-	if (f->icmp_kind == NW_ICMP_ERROR && icmp_error_related(skb, f, 1, now))
-		return NW_PASS_RELATED;
+	}
+	if (f->icmp_kind == NW_ICMP_ERROR) {
+		tracked = icmp_error_related(skb, f, 1, now);
+		if (tracked) {
+			*net_id = tracked->net_id;
+			return NW_PASS_RELATED;
+		}
+	}
 
 	gen = active_gen();
 	net = network_of(gen, &f->saddr);
 	if (!net)
 		return NW_DROP_NO_NETWORK;
+	*net_id = net->net_id;
 	if (rule_allows(gen, net->net_id, f)) {
 		ct_create(&ct, f, net->net_id, now);
 		return NW_PASS_RULE;
@@ -52,24 +65,42 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 		ct_create(&ct, f, net->net_id, now);
 		return NW_PASS_GRANT;
 	}
+	/* Tracked so that its replies pass; its later packets then count
+	 * as tracked (allowed), this first one as audit. */
+	if (audit_allows(net)) {
+		ct_create(&ct, f, net->net_id, now);
+		return NW_PASS_AUDIT;
+	}
 	return NW_DROP_POLICY;
+}
+
+/* The network of a client-side fragment's source, for counting its drop. */
+static __always_inline __u32 source_net_id(const struct nw_flow *f)
+{
+	struct nw_net_value *net = network_of(active_gen(), &f->saddr);
+
+	return net ? net->net_id : 0;
 }
 
 SEC("classifier")
 int nw_from_client(struct __sk_buff *skb)
 {
 	struct nw_flow f = {};
+	__u32 net_id = 0;
 	int rc = parse_flow(skb, &f);
 
+	if (rc == -NW_DROP_FRAGMENT)
+		return verdict(&f, source_net_id(&f), NW_DROP_FRAGMENT);
 	if (rc < 0)
-		return verdict(-rc);
+		return verdict(&f, 0, -rc);
 	switch (rc) {
 	case NW_PARSE_ARP:
-		return verdict(NW_PASS_NON_IP);
+		return verdict(&f, 0, NW_PASS_NON_IP);
 	case NW_PARSE_ND:
-		return verdict(NW_PASS_ND);
+		return verdict(&f, 0, NW_PASS_ND);
 	case NW_PARSE_OTHER_L2:
-		return verdict(NW_DROP_ETHERTYPE); /* no bypass through other ethertypes */
+		return verdict(&f, 0, NW_DROP_ETHERTYPE); /* no bypass through other ethertypes */
 	}
-	return verdict(judge_client(skb, &f));
+	rc = judge_client(skb, &f, &net_id);
+	return verdict(&f, net_id, rc);
 }

@@ -2,51 +2,74 @@
 /*
  * TC ingress of the upstream-facing interface: what comes back. Replies of
  * tracked connections and traffic for the node itself pass; anything else
- * addressed to a client network is unsolicited and dropped.
+ * addressed to a client network is unsolicited and dropped, or passed and
+ * reported when that network audits.
  */
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/network.h"
 #include "lib/conntrack.h"
+#include "lib/policy.h"
 #include "lib/related.h"
 #include "lib/verdict.h"
 
+/* The reason for `f`; `*net_id` receives the network it counts in. */
 static __always_inline __u32 judge_upstream(struct __sk_buff *skb, const struct nw_flow *f,
-					    int parse_rc)
+					    int parse_rc, __u32 *net_id)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct nw_ct_key ct = {};
+	struct nw_ct_value *tracked;
+	struct nw_net_value *net;
 
 	if (parse_rc == 0) {
 		ct_key_reverse(&ct, f);
-		if (ct_touch(&ct, f, now))
+		tracked = ct_touch(&ct, f, now);
+		if (tracked) {
+			*net_id = tracked->net_id;
 			return NW_PASS_REPLY;
-		if (f->icmp_kind == NW_ICMP_ERROR && icmp_error_related(skb, f, 0, now))
-			return NW_PASS_RELATED;
+		}
+		if (f->icmp_kind == NW_ICMP_ERROR) {
+			tracked = icmp_error_related(skb, f, 0, now);
+			if (tracked) {
+				*net_id = tracked->net_id;
+				return NW_PASS_RELATED;
+			}
+		}
 	}
 	/* Only traffic to clients is ours to judge; the node's own (DNS
 	 * answers from upstreams, management) goes to its stack. */
-	if (!network_of(active_gen(), &f->daddr))
+	net = network_of(active_gen(), &f->daddr);
+	if (!net)
 		return NW_PASS_NOT_CLIENT;
-	return parse_rc < 0 ? -parse_rc : NW_DROP_UNSOLICITED;
+	*net_id = net->net_id;
+	if (parse_rc < 0)
+		return -parse_rc; /* fragments: no ports, never audited */
+	/* Not tracked: each such packet is reported again (rate-limited),
+	 * which is what an audit of inbound exposure wants to see. */
+	if (audit_allows(net))
+		return NW_PASS_AUDIT;
+	return NW_DROP_UNSOLICITED;
 }
 
 SEC("classifier")
 int nw_from_upstream(struct __sk_buff *skb)
 {
 	struct nw_flow f = {};
+	__u32 net_id = 0;
 	int rc = parse_flow(skb, &f);
 
 	switch (rc) {
 	case NW_PARSE_ARP:
 	case NW_PARSE_OTHER_L2:
-		return verdict(NW_PASS_NON_IP);
+		return verdict(&f, 0, NW_PASS_NON_IP);
 	case NW_PARSE_ND:
-		return verdict(NW_PASS_ND);
+		return verdict(&f, 0, NW_PASS_ND);
 	case -NW_DROP_MALFORMED:
-		return verdict(NW_DROP_MALFORMED);
+		return verdict(&f, 0, NW_DROP_MALFORMED);
 	}
 	/* Fragments (rc = -NW_DROP_FRAGMENT) have addresses but no ports: they
 	 * pass only when not addressed to a client. */
-	return verdict(judge_upstream(skb, &f, rc));
+	rc = judge_upstream(skb, &f, rc, &net_id);
+	return verdict(&f, net_id, rc);
 }

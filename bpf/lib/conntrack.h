@@ -41,27 +41,29 @@ static __always_inline __u64 ct_timeout(const struct nw_ct_key *k, const struct 
 	return CT_ICMP_IDLE_NS;
 }
 
-/* Looks up a live connection and refreshes it; 1 if found. */
-static __always_inline int ct_touch(const struct nw_ct_key *k, const struct nw_flow *f, __u64 now)
+/* Looks up a live connection and refreshes it; its entry (for the network
+ * it counts in) or NULL. */
+static __always_inline struct nw_ct_value *ct_touch(const struct nw_ct_key *k,
+						    const struct nw_flow *f, __u64 now)
 {
 	struct nw_ct_value *v = bpf_map_lookup_elem(&nw_conntrack, k);
 	__u8 closing;
 
 	if (!v)
-		return 0;
+		return NULL;
 	if (now - v->last_seen_ns > ct_timeout(k, v))
-		return 0; /* idle: the entry is stale, judge the packet afresh */
+		return NULL; /* idle: the entry is stale, judge the packet afresh */
 	/* A new SYN on the tuple of a closing connection starts another
 	 * connection: it must be allowed on its own, not by the old one. */
 	if (k->proto == IPPROTO_TCP && (v->flags & NW_CT_CLOSING) &&
 	    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
-		return 0;
+		return NULL;
 	closing = (k->proto == IPPROTO_TCP) && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
 	if (closing && !(v->flags & NW_CT_CLOSING))
 		v->flags |= NW_CT_CLOSING; /* racing writers only ever set the bit */
 	if (now - v->last_seen_ns > NW_CT_REFRESH_NS)
 		v->last_seen_ns = now;
-	return 1;
+	return v;
 }
 
 static __always_inline void ct_create(const struct nw_ct_key *k, const struct nw_flow *f,

@@ -2,7 +2,7 @@
 /*
  * Every map of the dataplane, declared in one place so that the two
  * programs of the object share them. Userspace opens them by these names
- * (crates/neuwerk-datapath/src/maps.rs).
+ * (crates/neuwerk-datapath/src/dataplane.rs and stats.rs).
  */
 #ifndef NEUWERK_MAPS_H
 #define NEUWERK_MAPS_H
@@ -76,5 +76,41 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nw_counters SEC(".maps");
+
+/* Packets per network, protocol class and verdict class, per CPU. Index =
+ * net_id; ids past NW_NETWORKS_MAX are not counted here (only by reason). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NW_NETWORKS_MAX + 1);
+	__type(key, __u32);
+	__type(value, struct nw_net_stats);
+} nw_net_stats SEC(".maps");
+
+/* Drop and audit events for userspace (struct nw_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NW_EVENTS_RING_BYTES);
+} nw_events SEC(".maps");
+
+/* State of each CPU's event token bucket (lib/events.h). */
+struct nw_event_bucket {
+	__u64 credit_ns; /* time credit; an event costs 1e9 / EVENTS_PER_SEC */
+	__u64 last_ns;   /* when credit was last topped up */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_event_bucket);
+} nw_event_bucket SEC(".maps");
+
+/* Events not reported: suppressed by the bucket or the ring was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} nw_events_lost SEC(".maps");
 
 #endif /* NEUWERK_MAPS_H */

@@ -4,7 +4,11 @@
  *   1. a static rule of the network covering the destination and port;
  *   2. a DNS-learned grant of the network for the destination whose
  *      deadline has not passed (checked here, per packet: exact expiry);
- *   3. otherwise drop.
+ *   3. the network audits (NW_NET_AUDIT): pass and track it like an
+ *      allowed connection, but count and report it as NW_PASS_AUDIT, so an
+ *      operator sees what enforcing would break before it breaks;
+ *   4. otherwise drop.
+ * On the upstream side only 3. applies, to unsolicited traffic.
  */
 #ifndef NEUWERK_POLICY_H
 #define NEUWERK_POLICY_H
@@ -84,6 +88,12 @@ static __always_inline int grant_allows(__u32 net_id, const struct nw_flow *f, _
 			return 1;
 	}
 	return 0;
+}
+
+/* 3. audit mode */
+static __always_inline int audit_allows(const struct nw_net_value *net)
+{
+	return net->flags & NW_NET_AUDIT;
 }
 
 #endif /* NEUWERK_POLICY_H */

@@ -9,15 +9,16 @@
 #include "conntrack.h"
 
 /* `from_client`: the error comes from the client side, so the packet it
- * quotes went server -> client and the connection is its reverse. */
-static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct nw_flow *f,
+ * quotes went server -> client and the connection is its reverse. Returns
+ * the connection's entry or NULL. */
+static __always_inline struct nw_ct_value *icmp_error_related(struct __sk_buff *skb, const struct nw_flow *f,
 					      int from_client, __u64 now)
 {
 	struct nw_flow quote = {};
 	struct nw_ct_key k = {};
 
 	if (parse_icmp_quote(skb, f, &quote) != NW_PARSE_IP)
-		return 0;
+		return NULL;
 	if (from_client)
 		ct_key_reverse(&k, &quote);
 	else

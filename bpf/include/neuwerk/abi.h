@@ -34,9 +34,11 @@ struct nw_net_key {
 	union nw_addr addr;
 };
 
+#define NW_NET_AUDIT 0x1 /* audit mode: policy drops pass, counted and reported */
+
 struct nw_net_value {
 	__u32 net_id;
-	__u32 flags; /* reserved for audit mode */
+	__u32 flags; /* NW_NET_* */
 };
 
 /* Key of the static rules LPM trie: (gen, network, destination prefix).
@@ -137,7 +139,46 @@ enum nw_reason {
 	NW_DROP_MALFORMED,     /* headers truncated or inconsistent */
 	NW_DROP_FRAGMENT,      /* non-first fragment: no ports to judge */
 	NW_DROP_ETHERTYPE,     /* client side, neither IP nor ARP */
+	NW_PASS_AUDIT,         /* would be NW_DROP_POLICY or NW_DROP_UNSOLICITED; the network audits */
+	/* Append new reasons here: userspace counters are indexed by value.
+	 * Classify every new reason in reason_drops() (lib/verdict.h). */
 	NW_REASON_MAX,
+};
+
+/* Per-network packet counters, index of nw_net_stats = net_id (0: source,
+ * resp. destination, in no network, or not looked up; see lib/verdict.h). */
+enum nw_proto_class {
+	NW_PC_TCP = 0,
+	NW_PC_UDP,
+	NW_PC_ICMP,  /* ICMP and ICMPv6 */
+	NW_PC_OTHER, /* other IP protocols, and non-IP frames */
+	NW_PC_MAX,
+};
+
+enum nw_verdict_class {
+	NW_VC_ALLOWED = 0,
+	NW_VC_DROPPED,
+	NW_VC_AUDIT_ALLOWED, /* NW_PASS_AUDIT */
+	NW_VC_MAX,
+};
+
+struct nw_net_stats {
+	__u64 packets[NW_PC_MAX][NW_VC_MAX];
+};
+
+/* A dropped or audit-passed IP packet, reported through the nw_events ring
+ * buffer (rate-limited per CPU, see lib/events.h). */
+struct nw_event {
+	__u64 time_ns;  /* CLOCK_MONOTONIC */
+	__u32 net_id;   /* as counted in nw_net_stats */
+	__u8 reason;    /* enum nw_reason */
+	__u8 proto;     /* IP protocol number */
+	__u16 sport;    /* host order; ICMP echo: id in sport (request) or dport (reply) */
+	__u16 dport;    /* host order */
+	__u16 reserved;
+	union nw_addr saddr;
+	union nw_addr daddr;
+	__u32 reserved2; /* the tail padding, spelled out so that it is written */
 };
 
 #endif /* NEUWERK_ABI_H */

@@ -15,4 +15,9 @@ volatile const __u64 CT_TCP_CLOSING_NS = 10ULL * 1000000000ULL;
 volatile const __u64 CT_UDP_IDLE_NS = 60ULL * 1000000000ULL;
 volatile const __u64 CT_ICMP_IDLE_NS = 30ULL * 1000000000ULL;
 
+/* Drop and audit events each CPU may report: a sustained rate and a burst.
+ * 0 events/s reports none (all count as lost). */
+volatile const __u64 EVENTS_PER_SEC = 1000;
+volatile const __u64 EVENTS_BURST = 200;
+
 #endif /* NEUWERK_CONFIG_H */

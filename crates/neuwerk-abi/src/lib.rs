@@ -20,6 +20,9 @@ pub const NET_KEY_PREFIX_BITS: u32 = 32;
 pub const RULE_KEY_PREFIX_BITS: u32 = 64;
 /// Conntrack flag: FIN or RST seen, the short timeout applies.
 pub const CT_CLOSING: u32 = 1;
+/// Network flag ([`NetValue::flags`]): audit mode, policy drops pass and
+/// are counted and reported as [`Reason::PassAudit`].
+pub const NET_AUDIT: u32 = 1;
 
 /// An IPv6 address, or an IPv4-mapped one, in network order.
 pub type Addr = [u8; 16];
@@ -138,6 +141,80 @@ pub struct LocalKey {
     pub reserved: u8,
 }
 
+/// Protocol classes of the per-network counters (`enum nw_proto_class`).
+pub const PROTO_CLASSES: [&str; 4] = ["tcp", "udp", "icmp", "other"];
+
+/// Verdict classes of the per-network counters (`enum nw_verdict_class`).
+pub const VC_ALLOWED: usize = 0;
+pub const VC_DROPPED: usize = 1;
+pub const VC_AUDIT_ALLOWED: usize = 2;
+pub const VERDICT_CLASSES: usize = 3;
+
+/// Value of the per-CPU `nw_net_stats` array: packets per
+/// [protocol class][verdict class].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetStats {
+    pub packets: [[u64; VERDICT_CLASSES]; PROTO_CLASSES.len()],
+}
+
+/// A dropped or audit-passed packet from the `nw_events` ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns.
+    pub time_ns: u64,
+    /// 0: no network.
+    pub net_id: u32,
+    /// A [`Reason`] index.
+    pub reason: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Host order.
+    pub sport: u16,
+    /// Host order.
+    pub dport: u16,
+    pub reserved: u16,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub reserved2: u32,
+}
+
+impl Event {
+    /// Bytes of one record.
+    pub const SIZE: usize = core::mem::size_of::<Event>();
+
+    /// Decodes a ring buffer record (native byte order, as the kernel wrote
+    /// it); `None` when it is too short.
+    pub fn from_bytes(b: &[u8]) -> Option<Event> {
+        if b.len() < Event::SIZE {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let addr_at = |o: usize| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[o..o + 16]);
+            a
+        };
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[0..8]);
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&b[8..12]);
+        Some(Event {
+            time_ns: u64::from_ne_bytes(t),
+            net_id: u32::from_ne_bytes(n),
+            reason: b[12],
+            proto: b[13],
+            sport: u16_at(14),
+            dport: u16_at(16),
+            reserved: 0,
+            saddr: addr_at(20),
+            daddr: addr_at(36),
+            reserved2: 0,
+        })
+    }
+}
+
 /// The single entry of the state array.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -166,11 +243,14 @@ pub enum Reason {
     DropMalformed,
     DropFragment,
     DropEthertype,
+    /// Would be dropped by policy (client side) or as unsolicited
+    /// (upstream side); passed because the network audits.
+    PassAudit,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::PassNonIp,
         Reason::PassNd,
         Reason::PassLocalDns,
@@ -186,11 +266,35 @@ impl Reason {
         Reason::DropMalformed,
         Reason::DropFragment,
         Reason::DropEthertype,
+        Reason::PassAudit,
     ];
 
-    /// Whether packets with this reason are dropped.
+    /// The reason with counter index `i`.
+    pub fn from_index(i: u32) -> Option<Reason> {
+        Reason::ALL.get(i as usize).copied()
+    }
+
+    /// Whether packets with this reason are dropped (`reason_drops` in
+    /// bpf/lib/verdict.h). Listed, not a range: reasons are appended.
     pub fn is_drop(self) -> bool {
-        self >= Reason::DropNoNetwork
+        match self {
+            Reason::DropNoNetwork
+            | Reason::DropPolicy
+            | Reason::DropUnsolicited
+            | Reason::DropMalformed
+            | Reason::DropFragment
+            | Reason::DropEthertype => true,
+            Reason::PassNonIp
+            | Reason::PassNd
+            | Reason::PassLocalDns
+            | Reason::PassCt
+            | Reason::PassRule
+            | Reason::PassGrant
+            | Reason::PassReply
+            | Reason::PassRelated
+            | Reason::PassNotClient
+            | Reason::PassAudit => false,
+        }
     }
 
     /// A stable snake_case name, for logs and metric labels.
@@ -211,6 +315,7 @@ impl Reason {
             Reason::DropMalformed => "drop_malformed",
             Reason::DropFragment => "drop_fragment",
             Reason::DropEthertype => "drop_ethertype",
+            Reason::PassAudit => "pass_audit",
         }
     }
 }
@@ -231,6 +336,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for LocalKey {}
     unsafe impl aya::Pod for State {}
+    unsafe impl aya::Pod for NetStats {}
 }
 
 #[cfg(test)]
@@ -261,6 +367,16 @@ mod tests {
         assert_eq!(size_of::<LocalKey>(), 20);
         assert_eq!(offset_of!(LocalKey, port), 16);
         assert_eq!(size_of::<State>(), 8);
+        assert_eq!(size_of::<NetStats>(), 4 * 3 * 8);
+        assert_eq!(size_of::<Event>(), 56);
+        assert_eq!(offset_of!(Event, net_id), 8);
+        assert_eq!(offset_of!(Event, reason), 12);
+        assert_eq!(offset_of!(Event, proto), 13);
+        assert_eq!(offset_of!(Event, sport), 14);
+        assert_eq!(offset_of!(Event, dport), 16);
+        assert_eq!(offset_of!(Event, saddr), 20);
+        assert_eq!(offset_of!(Event, daddr), 36);
+        assert_eq!(offset_of!(Event, reserved2), 52);
     }
 
     #[test]
@@ -270,5 +386,45 @@ mod tests {
         }
         assert!(!Reason::PassNotClient.is_drop());
         assert!(Reason::DropNoNetwork.is_drop());
+        assert!(Reason::DropEthertype.is_drop());
+        assert!(!Reason::PassAudit.is_drop());
+        assert_eq!(Reason::from_index(15), Some(Reason::PassAudit));
+        assert_eq!(Reason::from_index(16), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        assert_eq!(Reason::PassAudit.name(), "pass_audit");
+    }
+
+    #[test]
+    fn events_decode_from_kernel_bytes() {
+        let mut b = [0u8; Event::SIZE];
+        b[0..8].copy_from_slice(&123_456_789u64.to_ne_bytes());
+        b[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        b[12] = Reason::DropPolicy as u8;
+        b[13] = 6;
+        b[14..16].copy_from_slice(&40000u16.to_ne_bytes());
+        b[16..18].copy_from_slice(&443u16.to_ne_bytes());
+        b[30..32].copy_from_slice(&[0xff, 0xff]);
+        b[32..36].copy_from_slice(&[10, 100, 1, 10]);
+        b[36] = 0xfd;
+        b[51] = 1;
+        let e = Event::from_bytes(&b).unwrap();
+        assert_eq!(e.time_ns, 123_456_789);
+        assert_eq!(e.net_id, 3);
+        assert_eq!(
+            Reason::from_index(e.reason.into()),
+            Some(Reason::DropPolicy)
+        );
+        assert_eq!((e.proto, e.sport, e.dport), (6, 40000, 443));
+        assert_eq!(&e.saddr[10..], &[0xff, 0xff, 10, 100, 1, 10]);
+        assert_eq!((e.daddr[0], e.daddr[15]), (0xfd, 1));
+        assert_eq!(Event::from_bytes(&b[..Event::SIZE - 1]), None);
     }
 }

@@ -2,11 +2,11 @@
 //! no maps are touched here, so it is tested without root.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 use neuwerk_abi::{self as abi, Addr};
-use neuwerk_core::policy::{Policy, PortSet};
+use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
 
 use crate::addr::prefix_bits;
 use crate::error::DataplaneError;
@@ -17,13 +17,18 @@ use crate::portsets::Interner;
 #[derive(Debug, Default)]
 pub struct NetIds {
     ids: HashMap<Arc<str>, u32>,
+    names: NetNames,
 }
 
 impl NetIds {
     /// The id of `name`, assigned on first use.
     pub fn id(&mut self, name: &Arc<str>) -> u32 {
-        let next = self.ids.len() as u32 + 1;
-        *self.ids.entry(name.clone()).or_insert(next)
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
     }
 
     /// The id of `name` if it was ever assigned.
@@ -32,8 +37,43 @@ impl NetIds {
     }
 
     /// The name of an id.
-    pub fn name(&self, id: u32) -> Option<&Arc<str>> {
-        self.ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k)
+    pub fn name(&self, id: u32) -> Option<Arc<str>> {
+        self.names.name(id)
+    }
+
+    /// The id -> name table, shared: it follows every id assigned later.
+    pub fn names(&self) -> NetNames {
+        self.names.clone()
+    }
+}
+
+/// Names of network ids 1.., shared with readers that must not take the
+/// dataplane's maps lock (the event reader, stats). Only ever grows.
+#[derive(Debug, Clone, Default)]
+pub struct NetNames(Arc<RwLock<Vec<Arc<str>>>>);
+
+impl NetNames {
+    fn push(&self, name: Arc<str>) -> u32 {
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        v.push(name);
+        v.len() as u32
+    }
+
+    /// The name of `id`; `None` for 0 (no network) and unknown ids.
+    pub fn name(&self, id: u32) -> Option<Arc<str>> {
+        let i = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.with(|names| names.get(i).cloned())
+    }
+
+    /// The highest id assigned so far (ids are 1..=max_id).
+    pub fn max_id(&self) -> u32 {
+        self.with(|names| names.len() as u32)
+    }
+
+    /// Runs `f` on the names, index = id - 1, under the read lock: keep
+    /// `f` short and never await in it.
+    pub fn with<R>(&self, f: impl FnOnce(&[Arc<str>]) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -43,6 +83,8 @@ pub struct NetRow {
     pub prefixlen: u32,
     pub addr: Addr,
     pub net_id: u32,
+    /// `abi::NET_*` flags.
+    pub flags: u32,
 }
 
 /// A row of the static rules table (without the generation).
@@ -72,12 +114,17 @@ pub fn compile(
     let mut t = Tables::default();
     for net in &policy.networks {
         let net_id = ids.id(&net.name);
+        let flags = match net.mode {
+            NetworkMode::Enforce => 0,
+            NetworkMode::Audit => abi::NET_AUDIT,
+        };
         for cidr in &net.cidrs {
             let (addr, prefixlen) = prefix_bits(cidr);
             t.nets.push(NetRow {
                 prefixlen,
                 addr,
                 net_id,
+                flags,
             });
         }
         let statics: Vec<(IpNet, PortSet)> = merged_by_prefix(net.static_rules());
@@ -131,7 +178,7 @@ fn covering(statics: &[(IpNet, PortSet)], prefix: &IpNet, own: &PortSet) -> Port
 #[cfg(test)]
 mod tests {
     use super::*;
-    use neuwerk_core::policy::{HostIndex, Network, NetworkMode, PortRange, Proto, Rule, Target};
+    use neuwerk_core::policy::{HostIndex, Network, PortRange, Proto, Rule, Target};
 
     fn rule(cidr: &str, port: u16) -> Rule {
         Rule {
@@ -146,14 +193,18 @@ mod tests {
     }
 
     fn policy(rules: Vec<Rule>) -> Policy {
+        policy_named("clients", NetworkMode::Enforce, rules)
+    }
+
+    fn policy_named(name: &str, mode: NetworkMode, rules: Vec<Rule>) -> Policy {
         Policy {
             networks: vec![Network {
-                name: "clients".into(),
+                name: name.into(),
                 cidrs: vec![
                     "10.100.1.0/24".parse().unwrap(),
                     "fd00:100:1::/64".parse().unwrap(),
                 ],
-                mode: NetworkMode::Enforce,
+                mode,
                 rules,
                 hosts: HostIndex::default(),
             }],
@@ -185,5 +236,35 @@ mod tests {
         assert_eq!(host_ps.count, 2, "the /32 also allows the /24's port");
         assert_eq!(ps(wide.value.portsets[0]).count, 1);
         assert_eq!(host.value.portsets[1], 0);
+    }
+
+    #[test]
+    fn audit_networks_are_flagged() {
+        let mut ids = NetIds::default();
+        let mut interner = Interner::default();
+        let t = compile(&policy(vec![]), &mut ids, &mut interner).unwrap();
+        assert!(t.nets.iter().all(|r| r.flags == 0));
+        let audit = policy_named("clients", NetworkMode::Audit, vec![]);
+        let t = compile(&audit, &mut ids, &mut interner).unwrap();
+        assert_eq!(t.nets.len(), 2);
+        assert!(t.nets.iter().all(|r| r.flags == abi::NET_AUDIT));
+    }
+
+    #[test]
+    fn names_follow_ids_and_are_shared() {
+        let mut ids = NetIds::default();
+        let mut interner = Interner::default();
+        let names = ids.names();
+        assert_eq!(names.max_id(), 0);
+        compile(&policy(vec![]), &mut ids, &mut interner).unwrap();
+        let other = policy_named("servers", NetworkMode::Enforce, vec![]);
+        compile(&other, &mut ids, &mut interner).unwrap();
+        assert_eq!(names.max_id(), 2);
+        assert_eq!(names.name(0), None);
+        assert_eq!(names.name(1).as_deref(), Some("clients"));
+        assert_eq!(names.name(2).as_deref(), Some("servers"));
+        assert_eq!(names.name(3), None);
+        assert_eq!(ids.get("servers"), Some(2));
+        assert_eq!(ids.id(&Arc::from("clients")), 1);
     }
 }

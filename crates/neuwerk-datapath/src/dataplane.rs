@@ -10,18 +10,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
-use neuwerk_abi::{self as abi, Reason};
+use neuwerk_abi as abi;
 use neuwerk_core::config::ConntrackConfig;
 use neuwerk_core::grants::{GrantBackend, GrantEntry, GrantError};
 use neuwerk_core::policy::Policy;
 
 use crate::addr::{addr_bytes, addr_from_bytes};
-use crate::compile::{compile, NetIds, Tables};
+use crate::compile::{compile, NetIds, NetNames, Tables};
 use crate::error::DataplaneError;
-use crate::loader;
+use crate::loader::{self, EventLimits};
 use crate::portsets::Interner;
+use crate::stats::Stats;
 
 /// What the dataplane needs to start.
 #[derive(Debug, Clone)]
@@ -54,7 +55,6 @@ struct Maps {
     conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
     local: HashMap<MapData, abi::LocalKey, u8>,
     state: Array<MapData, abi::State>,
-    counters: PerCpuArray<MapData, u64>,
     ids: NetIds,
     interner: Interner,
     /// Generation of the rows in force.
@@ -65,12 +65,19 @@ struct Maps {
 
 /// The loaded, attached dataplane.
 pub struct Dataplane {
+    /// Every map userspace writes, and what it wrote.
     maps: Mutex<Maps>,
+    /// Counters and second handles, read without the maps lock.
+    stats: Stats,
+    /// Network id -> name, readable without the maps lock.
+    names: NetNames,
+    /// The event ring buffer until [`Dataplane::packet_events`] takes it.
+    events: Mutex<Option<RingBuf<MapData>>>,
     /// Owns programs and links; declared last so maps are released first.
     _ebpf: Ebpf,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -83,10 +90,24 @@ where
 impl Dataplane {
     /// Loads the programs, writes the listeners and `policy`, then attaches
     /// to both interfaces: no packet is judged before the policy is in place.
+    /// Events are limited to [`EventLimits::default`].
     pub fn start(cfg: &DataplaneConfig, policy: &Policy) -> Result<Dataplane, DataplaneError> {
+        Dataplane::start_with_events(cfg, policy, &EventLimits::default())
+    }
+
+    /// [`Dataplane::start`] with the kernel's event rate limits.
+    pub fn start_with_events(
+        cfg: &DataplaneConfig,
+        policy: &Policy,
+        events: &EventLimits,
+    ) -> Result<Dataplane, DataplaneError> {
         loader::check_interface(&cfg.ingress)?;
         loader::check_interface(&cfg.egress)?;
-        let mut ebpf = loader::load(&cfg.conntrack)?;
+        let mut ebpf = loader::load(&cfg.conntrack, events)?;
+        let stats = Stats::open(&mut ebpf)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
+        let ids = NetIds::default();
+        let names = ids.names();
         let maps = Maps {
             networks: take(&mut ebpf, "nw_networks")?,
             rules: take(&mut ebpf, "nw_rules")?,
@@ -95,14 +116,16 @@ impl Dataplane {
             conntrack: take(&mut ebpf, "nw_conntrack")?,
             local: take(&mut ebpf, "nw_local")?,
             state: take(&mut ebpf, "nw_state")?,
-            counters: take(&mut ebpf, "nw_counters")?,
-            ids: NetIds::default(),
+            ids,
             interner: Interner::default(),
             gen: 0,
             live: RowKeys::default(),
         };
         let dp = Dataplane {
             maps: Mutex::new(maps),
+            stats,
+            names,
+            events: Mutex::new(Some(ring)),
             _ebpf: ebpf,
         };
         dp.write_listeners(&cfg.dns_listen)?;
@@ -115,6 +138,33 @@ impl Dataplane {
 
     fn lock(&self) -> MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The id -> name table of networks (shared; follows later reloads).
+    pub fn net_names(&self) -> NetNames {
+        self.names.clone()
+    }
+
+    /// Rows userspace has written: (networks, rules, port sets) in force.
+    pub(crate) fn written_rows(&self) -> (u64, u64, u64) {
+        let m = self.lock();
+        (
+            m.live.nets.len() as u64,
+            m.live.rules.len() as u64,
+            u64::from(m.interner.len()),
+        )
+    }
+
+    pub(crate) fn take_event_ring(&self) -> Option<RingBuf<MapData>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn return_event_ring(&self, ring: RingBuf<MapData>) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
     }
 
     fn write_listeners(&self, listen: &[SocketAddr]) -> Result<(), DataplaneError> {
@@ -170,6 +220,7 @@ impl Dataplane {
     /// others (a reload revoking what allowed them); returns how many went.
     pub fn retain_connections(&self, mut keep: impl FnMut(&Connection, &str) -> bool) -> usize {
         let mut m = self.lock();
+        let names = self.names.with(<[_]>::to_vec);
         let doomed: Vec<abi::CtKey> = m
             .conntrack
             .iter()
@@ -183,7 +234,10 @@ impl Dataplane {
                     proto: k.proto,
                     last_seen_ns: v.last_seen_ns,
                 };
-                let net = m.ids.name(v.net_id).map_or("", |n| &**n);
+                let net = (v.net_id as usize)
+                    .checked_sub(1)
+                    .and_then(|i| names.get(i))
+                    .map_or("", |n| &**n);
                 !keep(&c, net)
             })
             .map(|(k, _)| k)
@@ -192,22 +246,6 @@ impl Dataplane {
             let _ = m.conntrack.remove(k);
         }
         doomed.len()
-    }
-
-    /// Packets per reason, summed over CPUs.
-    pub fn counters(&self) -> Vec<(Reason, u64)> {
-        let m = self.lock();
-        Reason::ALL
-            .iter()
-            .map(|&r| {
-                let n = m
-                    .counters
-                    .get(&(r as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (r, n)
-            })
-            .collect()
     }
 }
 
@@ -236,7 +274,7 @@ fn write_generation(
         );
         let value = abi::NetValue {
             net_id: row.net_id,
-            flags: 0,
+            flags: row.flags,
         };
         m.networks
             .insert(&key, value, 0)

@@ -31,6 +31,14 @@ pub enum DataplaneError {
     PortsetsFull(u32),
     #[error("{0}")]
     Capacity(String),
+    #[error("the packet event stream was already taken")]
+    EventsTaken,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DataplaneError {

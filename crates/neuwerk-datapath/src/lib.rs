@@ -7,15 +7,22 @@
 //! - [`compile`]: policy -> rows of the networks and rules tables (pure).
 //! - [`portsets`]: content-interned port set ids shared by rules and grants.
 //! - [`dataplane`]: the handle the daemon holds: policy swap, grants,
-//!   conntrack, counters.
+//!   conntrack.
+//! - [`stats`]: counters per reason and per network, map usage.
+//! - [`events`]: drop and audit events from the kernel's ring buffer.
 
 pub mod addr;
 pub mod compile;
 pub mod dataplane;
 pub mod error;
+pub mod events;
 pub mod loader;
 pub mod portsets;
+pub mod stats;
 
 pub use dataplane::{Dataplane, DataplaneConfig};
 pub use error::DataplaneError;
+pub use events::PacketEvents;
+pub use loader::EventLimits;
 pub use neuwerk_abi::Reason;
+pub use stats::{CountedMap, MapUsage, NetStats};

@@ -29,8 +29,30 @@ pub fn check_interface(iface: &str) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Loads the object with the conntrack timeouts baked in as constants.
-pub fn load(ct: &ConntrackConfig) -> Result<Ebpf, DataplaneError> {
+/// How many drop and audit events the kernel may report, per CPU: a
+/// sustained rate and a burst (a token bucket in bpf/lib/events.h). What
+/// exceeds them is only counted ([`crate::Dataplane::events_lost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Sustained events per second and CPU; 0 reports none.
+    pub per_sec: u32,
+    /// Events a CPU may report at once after a quiet period (at least 1).
+    pub burst: u32,
+}
+
+impl Default for EventLimits {
+    /// 1000 events/s with a burst of 200, per CPU.
+    fn default() -> Self {
+        EventLimits {
+            per_sec: 1000,
+            burst: 200,
+        }
+    }
+}
+
+/// Loads the object with the conntrack timeouts and event limits baked in
+/// as constants.
+pub fn load(ct: &ConntrackConfig, events: &EventLimits) -> Result<Ebpf, DataplaneError> {
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
     let (tcp, closing, udp, icmp) = (
         ns(ct.tcp_idle),
@@ -38,11 +60,16 @@ pub fn load(ct: &ConntrackConfig) -> Result<Ebpf, DataplaneError> {
         ns(ct.udp_idle),
         ns(ct.icmp_idle),
     );
+    // u64 in the kernel; from u32 so that burst * (1e9 / rate) cannot overflow.
+    let per_sec = u64::from(events.per_sec);
+    let burst = u64::from(events.burst.max(1));
     EbpfLoader::new()
         .override_global("CT_TCP_IDLE_NS", &tcp, true)
         .override_global("CT_TCP_CLOSING_NS", &closing, true)
         .override_global("CT_UDP_IDLE_NS", &udp, true)
         .override_global("CT_ICMP_IDLE_NS", &icmp, true)
+        .override_global("EVENTS_PER_SEC", &per_sec, true)
+        .override_global("EVENTS_BURST", &burst, true)
         .load(OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }

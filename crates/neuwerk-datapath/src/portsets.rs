@@ -64,6 +64,16 @@ impl Interner {
         }
     }
 
+    /// Port set ids handed out (entries written to the map).
+    pub fn len(&self) -> u32 {
+        self.next - 1
+    }
+
+    /// Whether no port set was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The ids of `ps`, one per chunk of PORTSET_RANGES ranges; `fresh`
     /// receives (id, value) for every id that must be written to the map.
     pub fn ids_for(
