@@ -132,5 +132,7 @@ pub enum Event {
     Grant(GrantEvent),
     /// Events the kernel could not report (rate limit or full ring) since
     /// the previous such event.
-    Lost { count: u64 },
+    Lost {
+        count: u64,
+    },
 }

@@ -5,8 +5,8 @@
 //! datapath build on these types.
 
 pub mod config;
-pub mod events;
 pub mod duration;
+pub mod events;
 pub mod grants;
 pub mod policy;
 pub mod time;

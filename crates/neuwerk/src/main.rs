@@ -1,15 +1,23 @@
 //! `neuwerk`: a DNS-aware egress firewall with an eBPF dataplane.
 //!
-//! The binary only parses the command line; `run` wires the parts and
-//! `policy` checks files.
+//! The binary only parses the command line: `run` wires the parts (run.rs),
+//! `policy check` validates files, `status` and `monitor` talk to a running
+//! node's admin API.
 
+mod admin;
+mod observe;
 mod reload;
 mod run;
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use neuwerk_core::config::{Config, LogFormat, LoggingConfig};
+use neuwerk_mgmt::{ApiTarget, ClientError, MonitorFilter};
+
+const DEFAULT_CONFIG: &str = "/etc/neuwerk/config.yaml";
 
 #[derive(Parser)]
 #[command(
@@ -27,13 +35,42 @@ enum Command {
     /// Run the firewall in the foreground (SIGHUP reloads the policy).
     Run {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/neuwerk/config.yaml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Policy file tools.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Summary of a running node: networks, rules, grants, counters.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the API's JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live stream of decisions: drops, DNS answers and denials, grants.
+    Monitor {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only this verdict or result: dropped, audit_allowed, denied,
+        /// allowed, servfail, added, expired, revoked.
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Only events involving this address.
+        #[arg(long)]
+        address: Option<IpAddr>,
+        /// Only this kind: packet, dns, grant.
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -46,25 +83,36 @@ enum PolicyCommand {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config } => {
-            // For its logging settings only: `run` loads it again and
-            // reports what is wrong with it.
-            let logging = neuwerk_core::config::Config::load(&config)
-                .map(|c| c.logging)
-                .unwrap_or_default();
-            init_logging(&logging);
-            match run::run(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("neuwerk: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+/// How `status` and `monitor` find the admin API.
+#[derive(Args)]
+struct ApiArgs {
+    /// Read `management.listen` and the token from this config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The API's base URL (e.g. http://127.0.0.1:3000); overrides --config.
+    #[arg(long)]
+    api: Option<String>,
+    /// Bearer token; overrides the config's (also NEUWERK_TOKEN).
+    #[arg(long, env = "NEUWERK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn target(&self) -> Result<ApiTarget, ClientError> {
+        let mut target = match &self.api {
+            Some(url) => ApiTarget::from_url(url, None)?,
+            None => ApiTarget::from_config(&self.config)?,
+        };
+        if self.token.is_some() {
+            target.token = self.token.clone();
         }
+        Ok(target)
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config } => run(&config),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match neuwerk_core::policy::load_policy_file(&file) {
@@ -77,12 +125,67 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { api, json } => client(&api, |t, out| neuwerk_mgmt::status(t, json, out)),
+        Command::Monitor {
+            api,
+            json,
+            network,
+            verdict,
+            address,
+            kind,
+        } => {
+            let filter = MonitorFilter {
+                network,
+                verdict,
+                address,
+                kind,
+            };
+            client(&api, |t, out| neuwerk_mgmt::monitor(t, &filter, json, out))
+        }
+    }
+}
+
+fn run(config: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("neuwerk: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.logging);
+    match run::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("neuwerk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a client command against the API; a closed stdout (`| head`) is a
+/// normal end.
+fn client(
+    api: &ApiArgs,
+    f: impl FnOnce(&ApiTarget, &mut std::io::StdoutLock<'_>) -> Result<(), ClientError>,
+) -> ExitCode {
+    let result = api
+        .target()
+        .and_then(|t| f(&t, &mut std::io::stdout().lock()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("neuwerk: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 /// Logs to stderr as `logging` says (text, or one JSON object per line);
 /// the filter from RUST_LOG when set, else `logging.level`, else info.
-fn init_logging(logging: &neuwerk_core::config::LoggingConfig) {
+fn init_logging(logging: &LoggingConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&logging.level))
@@ -91,7 +194,7 @@ fn init_logging(logging: &neuwerk_core::config::LoggingConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match logging.format {
-        neuwerk_core::config::LogFormat::Text => logs.init(),
-        neuwerk_core::config::LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
     }
 }

@@ -1,15 +1,19 @@
-//! Policy reload, on SIGHUP or when the file changes: validate first, swap
-//! atomically, then revoke grants and connections the new policy no longer
-//! allows. An invalid file leaves the running policy in force.
+//! Policy loading and reload, on SIGHUP, when the file changes, or from the
+//! admin API: validate first, swap atomically, then revoke grants and
+//! connections the new policy no longer allows. An invalid file leaves the
+//! running policy in force.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use neuwerk_core::policy::{load_policy_file, Policy};
+use neuwerk_core::events::Event;
+use neuwerk_core::grants::GrantEvent;
+use neuwerk_core::policy::{parse_policy, NetworkMode, Policy, PolicyError};
 use neuwerk_core::time::monotonic_ns;
 use neuwerk_datapath::Dataplane;
+use neuwerk_mgmt::{EventBus, Metrics, ReloadReport};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::run::Store;
@@ -19,12 +23,47 @@ use crate::run::Store;
 /// filesystem, and one stat a second costs nothing; the promise is 2 s.
 const POLL: Duration = Duration::from_secs(1);
 
+/// A policy as loaded: the parsed form and the text it came from.
+pub struct Loaded {
+    pub policy: Policy,
+    pub text: String,
+}
+
+/// Reads and validates the policy file; `audit` (config `policy.audit`)
+/// puts every network in audit mode.
+pub fn load_policy(file: &Path, audit: bool) -> Result<Loaded, PolicyError> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    let mut policy = parse_policy(&text, &name)?;
+    if audit {
+        for n in &mut policy.networks {
+            n.mode = NetworkMode::Audit;
+        }
+    }
+    Ok(Loaded { policy, text })
+}
+
+/// The policy in force: what the DNS proxy reads, and what the API shows.
+pub struct PolicyState {
+    pub file: PathBuf,
+    pub audit: bool,
+    pub current: Arc<ArcSwap<Policy>>,
+    /// (generation, text) of the policy in force; generation 1 at start.
+    pub shown: Mutex<(u64, String)>,
+}
+
 /// Everything a reload touches.
 pub struct Reloader {
-    pub file: PathBuf,
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub state: Arc<PolicyState>,
     pub dataplane: Arc<Dataplane>,
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub bus: EventBus,
+    /// One reload at a time, whoever asks (signal, file watcher, API).
+    pub serial: Mutex<()>,
 }
 
 /// What identifies a version of the file without reading it.
@@ -35,7 +74,7 @@ struct Stamp {
     inode: u64,
 }
 
-fn stamp(file: &PathBuf) -> Option<Stamp> {
+fn stamp(file: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(file).ok()?;
     Some(Stamp {
@@ -47,7 +86,7 @@ fn stamp(file: &PathBuf) -> Option<Stamp> {
 
 impl Reloader {
     /// Waits for SIGHUP or a file change, forever.
-    pub async fn run(self) {
+    pub async fn watch(self: Arc<Self>) {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
@@ -55,42 +94,74 @@ impl Reloader {
                 return;
             }
         };
-        let mut last = stamp(&self.file);
+        let file = self.state.file.clone();
+        let mut last = stamp(&file);
         let mut poll = tokio::time::interval(POLL);
         loop {
             let why = tokio::select! {
                 _ = hup.recv() => "SIGHUP",
                 _ = poll.tick() => {
-                    let now = stamp(&self.file);
+                    let now = stamp(&file);
                     if now == last || now.is_none() {
                         continue;
                     }
                     "file changed"
                 }
             };
-            last = stamp(&self.file);
-            self.reload(why);
+            last = stamp(&file);
+            let me = self.clone();
+            // Map writes are blocking syscalls: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || me.reload(why)).await;
         }
     }
 
-    /// One reload; errors are logged, never fatal.
-    pub fn reload(&self, why: &str) {
-        let new = match load_policy_file(&self.file) {
-            Ok(p) => p,
+    /// One reload; errors are logged and returned, never fatal.
+    pub fn reload(&self, why: &str) -> Result<ReloadReport, String> {
+        let _one = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.shown_generation();
+        let result = self.apply(why);
+        match &result {
+            Ok(r) => {
+                self.metrics.reload(true, r.generation);
+                tracing::info!(
+                    generation = r.generation,
+                    grants_revoked = r.grants_revoked,
+                    connections_closed = r.connections_closed,
+                    "policy reloaded ({why}): {}",
+                    r.summary
+                );
+            }
             Err(e) => {
+                self.metrics.reload(false, generation);
                 tracing::error!(
                     "policy reload ({why}) rejected, the running policy stays in force: {e}"
                 );
-                return;
             }
-        };
-        if let Err(e) = self.dataplane.apply_policy(&new) {
-            tracing::error!("policy reload ({why}) failed in the dataplane, the running policy stays in force: {e}");
-            return;
         }
-        let summary = new.summary();
-        self.policy.store(Arc::new(new));
-        let policy = self.policy.load();
+        result
+    }
+
+    fn shown_generation(&self) -> u64 {
+        self.state.shown.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    fn apply(&self, why: &str) -> Result<ReloadReport, String> {
+        let Loaded { policy, text } =
+            load_policy(&self.state.file, self.state.audit).map_err(|e| e.to_string())?;
+        self.dataplane
+            .apply_policy(&policy)
+            .map_err(|e| format!("the dataplane refused it: {e}"))?;
+        let summary = policy.summary();
+        for n in &policy.networks {
+            self.metrics.declare_network(&n.name);
+        }
+        self.state.current.store(Arc::new(policy));
+        let generation = {
+            let mut shown = self.state.shown.lock().unwrap_or_else(|p| p.into_inner());
+            *shown = (shown.0 + 1, text);
+            shown.0
+        };
+        let policy = self.state.current.load();
         let revoked = self.store.retain(|network, hostname| {
             policy
                 .network(network)
@@ -99,14 +170,21 @@ impl Reloader {
         let now = monotonic_ns();
         let closed = self.dataplane.retain_connections(|c, _| {
             policy.network_of(c.src).is_some_and(|n| {
-                n.static_allows(c.dst, c.proto, c.dport)
+                n.mode == NetworkMode::Audit
+                    || n.static_allows(c.dst, c.proto, c.dport)
                     || self.store.allows(&n.name, c.dst, c.proto, c.dport, now)
             })
         });
-        tracing::info!(
-            grants_revoked = revoked.len(),
-            connections_closed = closed,
-            "policy reloaded ({why}): {summary}"
-        );
+        let grants_revoked = revoked.len() as u64;
+        for g in revoked {
+            self.bus.publish(Event::Grant(GrantEvent::Revoked(g)));
+        }
+        tracing::debug!(why, "policy swapped");
+        Ok(ReloadReport {
+            generation,
+            summary,
+            grants_revoked,
+            connections_closed: closed as u64,
+        })
     }
 }

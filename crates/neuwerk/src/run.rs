@@ -1,32 +1,29 @@
-//! `neuwerk run`: wires config, policy, dataplane, grant store and DNS proxy,
-//! and runs until SIGTERM or Ctrl-C.
+//! `neuwerk run`: wires config, policy, dataplane, grant store, DNS proxy
+//! and management, and runs until SIGTERM or Ctrl-C.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use neuwerk_core::config::Config;
 use neuwerk_core::grants::GrantStore;
-use neuwerk_core::policy::load_policy_file;
-use neuwerk_core::time::monotonic_ns;
 use neuwerk_datapath::{Dataplane, DataplaneConfig};
 use neuwerk_dns::{DnsServer, ProxyContext};
+use neuwerk_mgmt::{EventBus, Metrics, MgmtObserver, Server};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
-use crate::reload::Reloader;
+use crate::admin::Node;
+use crate::observe::{self, ReportingSink};
+use crate::reload::{load_policy, PolicyState, Reloader};
 
 /// The learned state: grants mirrored into the dataplane's map.
 pub type Store = GrantStore<Arc<Dataplane>>;
 
-/// How often expired grants are swept from memory and the map. The kernel
-/// checks deadlines per packet, so this only bounds memory, not precision.
-const EXPIRY_SWEEP: Duration = Duration::from_millis(500);
-
 /// Runs the firewall until a termination signal.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,9 +32,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let policy = load_policy_file(&config.policy.file)?;
-    tracing::info!(file = %config.policy.file.display(), "policy loaded: {}", policy.summary());
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let loaded = load_policy(&config.policy.file, config.policy.audit)?;
+    tracing::info!(file = %config.policy.file.display(), "policy loaded: {}", loaded.policy.summary());
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    metrics.set_generation(1);
+    for n in &loaded.policy.networks {
+        metrics.declare_network(&n.name);
+    }
+    let bus = EventBus::default();
+
+    // Bind what can be busy before touching the kernel: a clear error and
+    // nothing left behind.
+    let mgmt_listener = tokio::net::TcpListener::bind(config.management.listen)
+        .await
+        .with_context(|| format!("management listener {}", config.management.listen))?;
 
     let dataplane = Arc::new(Dataplane::start(
         &DataplaneConfig {
@@ -46,7 +54,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dns_listen: config.dns.listen.clone(),
             conntrack: config.conntrack,
         },
-        &policy.load(),
+        &loaded.policy,
     )?);
     tracing::info!(
         ingress = %config.interfaces.ingress,
@@ -54,31 +62,78 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "dataplane attached"
     );
     let store = Arc::new(GrantStore::new(dataplane.clone()));
+    let state = Arc::new(PolicyState {
+        file: config.policy.file.clone(),
+        audit: config.policy.audit,
+        current: Arc::new(ArcSwap::from_pointee(loaded.policy)),
+        shown: Mutex::new((1, loaded.text)),
+    });
 
     let dns = DnsServer::bind(ProxyContext {
         config: config.dns.clone(),
-        policy: policy.clone(),
-        grants: store.clone(),
-        observer: Arc::new(neuwerk_core::events::NoObserver),
+        policy: state.current.clone(),
+        grants: Arc::new(ReportingSink {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            bus: bus.clone(),
+        }),
+        observer: Arc::new(MgmtObserver {
+            metrics: metrics.clone(),
+            bus: bus.clone(),
+        }),
     })
     .await?;
-    tracing::info!(listen = ?config.dns.listen, "DNS proxy listening");
 
-    let reloader = Reloader {
-        file: config.policy.file.clone(),
-        policy: policy.clone(),
+    let reloader = Arc::new(Reloader {
+        state,
         dataplane: dataplane.clone(),
         store: store.clone(),
-    };
-    let reload_task = tokio::spawn(reloader.run());
-    let expiry_task = tokio::spawn(sweep_expired(store.clone()));
+        metrics: metrics.clone(),
+        bus: bus.clone(),
+        serial: Mutex::new(()),
+    });
+    let node = Arc::new(Node {
+        config: config.clone(),
+        started: Instant::now(),
+        dataplane: dataplane.clone(),
+        store: store.clone(),
+        reloader: reloader.clone(),
+        dns_listening: AtomicBool::new(false),
+        conntrack_entries: AtomicU64::new(0),
+    });
 
-    let dns_result = dns.run(termination()).await;
-    reload_task.abort();
-    expiry_task.abort();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let server = Server::new(node.clone(), metrics.clone(), bus.clone())
+        .with_token(config.management.token.clone());
+    let tasks = [
+        tokio::spawn(reloader.watch()),
+        tokio::spawn(observe::sweep_expired(store.clone(), bus.clone())),
+        tokio::spawn(observe::pump_packet_events(node.clone(), bus.clone())),
+        tokio::spawn(observe::poll_counts(node.clone(), bus.clone())),
+    ];
+    let mgmt = tokio::spawn(neuwerk_mgmt::serve(mgmt_listener, server, stopped()));
+    tracing::info!(listen = %config.management.listen, "management API listening");
+
+    tokio::spawn(async move {
+        termination().await;
+        let _ = stop_tx.send(true);
+    });
+    node.dns_listening.store(true, Ordering::Relaxed);
+    tracing::info!(listen = ?config.dns.listen, "DNS proxy listening");
+    let dns_result = dns.run(stopped()).await;
+
+    for t in tasks {
+        t.abort();
+    }
+    let _ = mgmt.await;
     tracing::info!("shutting down: detaching the dataplane");
-    drop(store);
-    drop(dataplane);
+    drop(node);
     dns_result.map_err(Into::into)
 }
 
@@ -88,15 +143,5 @@ async fn termination() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-async fn sweep_expired(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
-    loop {
-        tick.tick().await;
-        for g in store.expire(monotonic_ns()) {
-            tracing::debug!(network = %g.network, addr = %g.addr, hostname = %g.hostname, "grant expired");
-        }
     }
 }

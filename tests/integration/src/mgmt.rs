@@ -118,8 +118,14 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line: {head:?}"))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok(Response { status, body })
 }
 
@@ -210,14 +216,18 @@ mod tests {
             neuwerk_packets_total{network=\"a\",protocol=\"udp\",verdict=\"dropped\"} 4\n\
             neuwerk_packets_total{network=\"a\",protocol=\"udp\",verdict=\"allowed\"} 5\n\
             neuwerk_policy_generation 2\n";
-        assert_eq!(sum_samples(text, "neuwerk_packets", &[("verdict", "dropped")]), 7.0);
+        assert_eq!(
+            sum_samples(text, "neuwerk_packets", &[("verdict", "dropped")]),
+            7.0
+        );
         assert_eq!(sum_samples(text, "neuwerk_packets", &[]), 12.0);
         assert_eq!(sum_samples(text, "neuwerk_policy_generation", &[]), 2.0);
     }
 
     #[test]
     fn parses_plain_and_chunked_responses() {
-        let r = parse_response(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").unwrap();
         assert_eq!((r.status, r.body.as_str()), (401, "no"));
         let r = parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
             .unwrap();

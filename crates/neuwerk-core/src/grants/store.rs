@@ -216,6 +216,19 @@ impl<B: GrantBackend> GrantStore<B> {
             .collect()
     }
 
+    /// Live grants per network at `now_ns`, sorted by network.
+    pub fn count_by_network(&self, now_ns: u64) -> Vec<(Arc<str>, u64)> {
+        let inner = self.lock();
+        let mut per: std::collections::BTreeMap<Arc<str>, u64> = Default::default();
+        for ((network, _), list) in &inner.held {
+            let live = list.iter().filter(|h| h.expires_ns > now_ns).count() as u64;
+            if live > 0 {
+                *per.entry(network.clone()).or_default() += live;
+            }
+        }
+        per.into_iter().collect()
+    }
+
     /// Number of held grants.
     pub fn len(&self) -> usize {
         self.lock().deadlines.len()

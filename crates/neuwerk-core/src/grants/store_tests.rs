@@ -132,3 +132,16 @@ fn retain_revokes_and_rewrites_changed_ports() {
     // The revoked grant's deadline is gone too: nothing left to expire there.
     assert_eq!(s.expire(1000).len(), 1);
 }
+
+#[test]
+fn counts_live_grants_per_network() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[
+        grant("a.example", "192.0.2.1", 443, 100),
+        grant("b.example", "192.0.2.1", 80, 300),
+    ])
+    .unwrap();
+    assert_eq!(s.count_by_network(50), vec![(Arc::from("clients"), 2)]);
+    assert_eq!(s.count_by_network(200), vec![(Arc::from("clients"), 1)]);
+    assert!(s.count_by_network(300).is_empty());
+}

@@ -1,0 +1,117 @@
+//! Where what the node learns and decides is reported: metrics and the
+//! event bus behind `neuwerk monitor`. Each pump here is one background
+//! task; none runs per packet.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use neuwerk_core::events::Event;
+use neuwerk_core::grants::{Grant, GrantError, GrantEvent, GrantSink};
+use neuwerk_core::time::monotonic_ns;
+use neuwerk_datapath::CountedMap;
+use neuwerk_mgmt::{EventBus, Metrics};
+
+use crate::admin::Node;
+use crate::run::Store;
+
+/// How often expired grants are swept from memory and the map. The kernel
+/// checks deadlines per packet, so this bounds memory and the delay of the
+/// "expired" event, not enforcement.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(500);
+/// How often the lost-event counter is turned into a `Lost` event.
+const LOST_POLL: Duration = Duration::from_secs(1);
+/// How often the large maps are counted (a syscall per entry).
+const MAP_COUNT: Duration = Duration::from_secs(5);
+
+/// The DNS proxy's grant sink: the store, then metrics and the bus.
+pub struct ReportingSink {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub bus: EventBus,
+}
+
+impl GrantSink for ReportingSink {
+    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+        self.store.learn(grants)?;
+        // A batch is one answer: almost always one network.
+        let mut per: BTreeMap<&str, u64> = BTreeMap::new();
+        for g in grants {
+            *per.entry(&g.network).or_default() += 1;
+        }
+        for (network, n) in per {
+            self.metrics.grant_learned(network, n);
+        }
+        if self.bus.has_subscribers() {
+            for g in grants {
+                self.bus
+                    .publish(Event::Grant(GrantEvent::Learned(g.clone())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drops expired grants and reports them.
+pub async fn sweep_expired(store: Arc<Store>, bus: EventBus) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+    loop {
+        tick.tick().await;
+        for g in store.expire(monotonic_ns()) {
+            tracing::debug!(network = %g.network, addr = %g.addr, hostname = %g.hostname, "grant expired");
+            bus.publish(Event::Grant(GrantEvent::Expired(g)));
+        }
+    }
+}
+
+/// Forwards the kernel's drop and audit events to the bus, in batches.
+pub async fn pump_packet_events(node: Arc<Node>, bus: EventBus) {
+    let mut events = match node.dataplane.packet_events() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("no packet events for the monitor: {e}");
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        batch.clear();
+        if let Err(e) = events.next_batch(&mut batch).await {
+            tracing::error!("reading packet events: {e}");
+            return;
+        }
+        for ev in batch.drain(..) {
+            bus.publish(Event::Packet(ev));
+        }
+    }
+}
+
+/// Reports events the kernel could not deliver, and counts the large maps.
+pub async fn poll_counts(node: Arc<Node>, bus: EventBus) {
+    let mut lost_tick = tokio::time::interval(LOST_POLL);
+    let mut count_tick = tokio::time::interval(MAP_COUNT);
+    let mut lost_seen = node.dataplane.events_lost();
+    loop {
+        tokio::select! {
+            _ = lost_tick.tick() => {
+                let lost = node.dataplane.events_lost();
+                if lost > lost_seen {
+                    bus.publish(Event::Lost { count: lost - lost_seen });
+                    lost_seen = lost;
+                }
+            }
+            _ = count_tick.tick() => {
+                let n = node.clone();
+                let counted = tokio::task::spawn_blocking(move || {
+                    n.dataplane.count_entries(CountedMap::Grants);
+                    n.dataplane.count_entries(CountedMap::Conntrack)
+                })
+                .await;
+                if let Ok(ct) = counted {
+                    node.conntrack_entries.store(ct, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
