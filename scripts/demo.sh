@@ -94,6 +94,11 @@ for _ in $(seq 50); do
 done
 [ -n "$ready" ] || { echo "demo: neuwerk did not start:" >&2; cat "$WORK/neuwerk.log" >&2; exit 1; }
 
+# A live stream of decisions while the demo runs (shown at the end).
+ip netns exec "$N" "$PWD/target/release/neuwerk" monitor --config "$WORK/config.yaml" >"$WORK/monitor.log" 2>&1 &
+pids+=($!)
+sleep 0.3
+
 try() { # try DESCRIPTION COMMAND...: runs it in the client namespace, says allowed or blocked
   local what=$1; shift
   show "$*"
@@ -120,6 +125,12 @@ try "DNS straight to 10.100.2.100 (bypassing neuwerk)" dig +time=1 +tries=1 @10.
 
 bold "What the upstream DNS server saw (evil.example.net only from the bypass attempt, which was dropped)"
 grep -E 'query\[' "$WORK/dnsmasq.log" | sed 's/^.*dnsmasq\[[0-9]*\]: /  /' || true
+
+bold "neuwerk monitor: the decisions as they happened"
+sed 's/^/  /' "$WORK/monitor.log"
+
+bold "neuwerk status"
+ip netns exec "$N" "$PWD/target/release/neuwerk" status --config "$WORK/config.yaml" | sed 's/^/  /'
 
 bold "neuwerk's log"
 sed 's/^/  /' "$WORK/neuwerk.log"

@@ -194,7 +194,7 @@ pub fn format_status(st: &Status) -> String {
     for (name, t) in &tallies {
         let title = match name {
             Some(name) => format!("{name} (not in the policy)"),
-            None => "no network".to_string(),
+            None => "no network (ARP, ND, DNS to neuwerk, unknown sources)".to_string(),
         };
         network_block(&mut o, &title, None, t);
     }

@@ -47,7 +47,7 @@ fn status_prints_a_summary() {
         "  packets   120 allowed, 5 dropped (tcp 105, udp 20)",
         "  dns       1 denied",
         "network lab (audit): 10.100.2.0/24",
-        "no network:",
+        "no network (ARP, ND, DNS to neuwerk, unknown sources):",
         "  packets   7 dropped (icmp 7)",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
