@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use neuwerk_core::events::Event;
 use neuwerk_core::grants::GrantEvent;
-use neuwerk_core::policy::{parse_policy, NetworkMode, Policy, PolicyError};
+use neuwerk_core::policy::{read_policy_file, NetworkMode, Policy, PolicyError};
 use neuwerk_core::time::monotonic_ns;
 use neuwerk_datapath::Dataplane;
 use neuwerk_mgmt::{EventBus, Metrics, ReloadReport};
@@ -32,12 +32,7 @@ pub struct Loaded {
 /// Reads and validates the policy file; `audit` (config `policy.audit`)
 /// puts every network in audit mode.
 pub fn load_policy(file: &Path, audit: bool) -> Result<Loaded, PolicyError> {
-    let name = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Io {
-        file: name.clone(),
-        source,
-    })?;
-    let mut policy = parse_policy(&text, &name)?;
+    let (mut policy, text) = read_policy_file(file)?;
     if audit {
         for n in &mut policy.networks {
             n.mode = NetworkMode::Audit;

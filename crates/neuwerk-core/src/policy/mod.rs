@@ -11,4 +11,4 @@ pub mod parse;
 
 pub use hostname::{HostIndex, HostPattern};
 pub use model::{Network, NetworkMode, Policy, PortRange, PortSet, Proto, Rule, Target};
-pub use parse::{load_policy_file, parse_policy, PolicyError};
+pub use parse::{load_policy_file, parse_policy, read_policy_file, PolicyError};

@@ -64,12 +64,18 @@ pub fn parse_policy(text: &str, file: &str) -> Result<Policy, PolicyError> {
 
 /// Reads and parses a policy file.
 pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyError> {
+    read_policy_file(path).map(|(policy, _)| policy)
+}
+
+/// Reads and parses a policy file; also returns the text it was parsed
+/// from (what the admin API shows as the policy in force).
+pub fn read_policy_file(path: &Path) -> Result<(Policy, String), PolicyError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
         file: file.clone(),
         source,
     })?;
-    parse_policy(&text, &file)
+    parse_policy(&text, &file).map(|p| (p, text))
 }
 
 /// Where each name and CIDR was first defined, for cross-network checks.
