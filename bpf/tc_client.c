@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * TC ingress of the client-facing interface: every packet a client sends.
- * parse -> local DNS -> tracked connection -> network -> rule -> grant -> audit
+ * parse -> tracked connection -> local DNS -> network -> rule -> grant -> audit
  * -> verdict.
  */
 #include "lib/common.h"
@@ -26,24 +26,29 @@ static __always_inline int is_local_dns(const struct nw_flow *f)
 	return bpf_map_lookup_elem(&nw_local, &k) != NULL;
 }
 
-/* The reason for `f`; `*net_id` receives the network it counts in. */
+/* The reason for `f`; `*net_id` receives the network it counts in.
+ *
+ * The tracked-connection lookup comes first: it is what almost every packet
+ * hits, and no connection to a local listener is ever tracked (those pass
+ * below before any rule could track them), so asking it before the listener
+ * lookup changes no verdict and spares established traffic a hash lookup. */
 static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw_flow *f,
 					  __u32 *net_id)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct nw_ct_key ct = {};
 	struct nw_ct_value *tracked;
 	struct nw_net_value *net;
 	__u32 gen;
 
-	if (is_local_dns(f))
-		return NW_PASS_LOCAL_DNS;
 	ct_key_forward(&ct, f);
 	tracked = ct_touch(&ct, f, now);
 	if (tracked) {
 		*net_id = tracked->net_id;
 		return NW_PASS_CT;
 	}
+	if (is_local_dns(f))
+		return NW_PASS_LOCAL_DNS;
 	if (f->icmp_kind == NW_ICMP_ERROR) {
 		tracked = icmp_error_related(skb, f, 1, now);
 		if (tracked) {
@@ -61,7 +66,8 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 		ct_create(&ct, f, net->net_id, now);
 		return NW_PASS_RULE;
 	}
-	if (grant_allows(net->net_id, f, now)) {
+	/* Grant deadlines are exact: the precise clock, on new connections only. */
+	if (grant_allows(net->net_id, f, bpf_ktime_get_ns())) {
 		ct_create(&ct, f, net->net_id, now);
 		return NW_PASS_GRANT;
 	}

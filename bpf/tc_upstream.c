@@ -17,7 +17,7 @@
 static __always_inline __u32 judge_upstream(struct __sk_buff *skb, const struct nw_flow *f,
 					    int parse_rc, __u32 *net_id)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct nw_ct_key ct = {};
 	struct nw_ct_value *tracked;
 	struct nw_net_value *net;

@@ -13,6 +13,25 @@
  * bounce the entry's cache line between CPUs for no gain in precision. */
 #define NW_CT_REFRESH_NS (100ULL * 1000000ULL)
 
+/* The clock of connection tracking: CLOCK_MONOTONIC at tick resolution
+ * (bpf_ktime_get_coarse_ns reads the last tick's time, no clock read), far
+ * finer than any idle timeout or the refresh interval, and about 15 ns
+ * cheaper per packet than bpf_ktime_get_ns. Every last_seen_ns is written
+ * with it; ages are compared signed all the same, so a stamp from a finer
+ * clock (up to a tick ahead) reads as fresh, never as ancient. */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Nanoseconds since `then`, never negative. */
+static __always_inline __u64 ct_age(__u64 now, __u64 then)
+{
+	__s64 d = (__s64)(now - then);
+
+	return d > 0 ? (__u64)d : 0;
+}
+
 static __always_inline void ct_key_forward(struct nw_ct_key *k, const struct nw_flow *f)
 {
 	addr_copy(&k->saddr, &f->saddr);
@@ -51,7 +70,7 @@ static __always_inline struct nw_ct_value *ct_touch(const struct nw_ct_key *k,
 
 	if (!v)
 		return NULL;
-	if (now - v->last_seen_ns > ct_timeout(k, v))
+	if (ct_age(now, v->last_seen_ns) > ct_timeout(k, v))
 		return NULL; /* idle: the entry is stale, judge the packet afresh */
 	/* A new SYN on the tuple of a closing connection starts another
 	 * connection: it must be allowed on its own, not by the old one. */
@@ -61,7 +80,7 @@ static __always_inline struct nw_ct_value *ct_touch(const struct nw_ct_key *k,
 	closing = (k->proto == IPPROTO_TCP) && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
 	if (closing && !(v->flags & NW_CT_CLOSING))
 		v->flags |= NW_CT_CLOSING; /* racing writers only ever set the bit */
-	if (now - v->last_seen_ns > NW_CT_REFRESH_NS)
+	if (ct_age(now, v->last_seen_ns) > NW_CT_REFRESH_NS)
 		v->last_seen_ns = now;
 	return v;
 }
