@@ -85,6 +85,9 @@ pub struct DnsQueryView<'a> {
     pub total: Duration,
     /// Time spent waiting for upstreams, if any was asked.
     pub upstream: Option<Duration>,
+    /// From the accepted upstream answer being read off its socket to its
+    /// grants being in the kernel map; `None` when nothing was learned.
+    pub grant_commit: Option<Duration>,
 }
 
 /// An owned DNS event, for subscribers such as `neuwerk monitor`.

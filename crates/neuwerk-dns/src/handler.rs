@@ -86,6 +86,8 @@ pub(crate) struct Facts {
     learned: Learned,
     /// Time spent waiting for upstreams, if any was asked.
     upstream: Option<Duration>,
+    /// From the upstream answer being read to its grants being learned.
+    grant_commit: Option<Duration>,
 }
 
 /// The policy's verdict on a query.
@@ -211,6 +213,7 @@ impl Handler {
         };
 
         let rcode = answer.msg.response_code;
+        let answer_received = answer.received;
         // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
         // Nor for an audited name: its network's traffic passes anyway.
         let learned = match &grant_to {
@@ -250,6 +253,7 @@ impl Handler {
                 let reply = error_reply(&msg, b, ResponseCode::ServFail);
                 return (Outcome::LearnFailed(e), Some(reply));
             }
+            facts.grant_commit = Some(answer_received.elapsed());
             facts.learned = learned;
         }
         let outcome = Outcome::Answered {
@@ -374,6 +378,7 @@ fn observe(
         addrs: &facts.learned.addrs,
         total,
         upstream: facts.upstream,
+        grant_commit: facts.grant_commit,
     });
 
     let peer = query.peer;

@@ -51,6 +51,8 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Answer {
     pub msg: Message,
     pub bytes: Vec<u8>,
+    /// When the answer was read off the socket (for the grant-commit time).
+    pub received: std::time::Instant,
 }
 
 /// Why one try at one upstream failed.
@@ -203,12 +205,19 @@ async fn exchange_udp(
         let n = timeout_at(deadline, sock.recv_buf(&mut buf))
             .await
             .map_err(|_| TryError::Timeout)??;
+        let received = std::time::Instant::now();
         if n >= MAX_UDP_ANSWER && wire::id(&buf) == id {
             return Ok(None);
         }
         match accept(&buf, id, question) {
             Some(msg) if msg.truncation => return Ok(None),
-            Some(msg) => return Ok(Some(Answer { msg, bytes: buf })),
+            Some(msg) => {
+                return Ok(Some(Answer {
+                    msg,
+                    bytes: buf,
+                    received,
+                }))
+            }
             None => debug!(%server, "ignoring a datagram that does not answer our query"),
         }
     }
@@ -234,8 +243,13 @@ async fn exchange_tcp(
             let len = stream.read_u16().await? as usize;
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
+            let received = std::time::Instant::now();
             if let Some(msg) = accept(&buf, id, question) {
-                return Ok::<_, io::Error>(Answer { msg, bytes: buf });
+                return Ok::<_, io::Error>(Answer {
+                    msg,
+                    bytes: buf,
+                    received,
+                });
             }
             debug!(%server, "ignoring a TCP message that does not answer our query");
         }

@@ -31,6 +31,35 @@ pub const DNS_BUCKETS: [f64; 16] = [
     1.0, 2.5, 5.0,
 ];
 
+/// Histogram buckets for the grant-commit time (upstream answer read ->
+/// grants in the kernel map): 1 µs to 10 ms, fine below 1 ms where it lives.
+pub const GRANT_COMMIT_BUCKETS: [f64; 24] = [
+    0.000_001,
+    0.000_002,
+    0.000_003,
+    0.000_004,
+    0.000_005,
+    0.000_007_5,
+    0.000_01,
+    0.000_015,
+    0.000_02,
+    0.000_025,
+    0.000_03,
+    0.000_04,
+    0.000_05,
+    0.000_075,
+    0.000_1,
+    0.000_15,
+    0.000_2,
+    0.000_3,
+    0.000_5,
+    0.000_75,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+];
+
 /// Every DNS result, in label order.
 const RESULTS: [DnsResult; 6] = [
     DnsResult::Allowed,
@@ -76,7 +105,7 @@ struct NetHandles {
 }
 
 /// The daemon's metrics. Cheap to call from the DNS path: a query costs a
-/// read-locked map lookup by `&str`, an atomic add and two histogram
+/// read-locked map lookup by `&str`, an atomic add and up to three histogram
 /// observations, and allocates only the first time a network is seen.
 pub struct Metrics {
     registry: Registry,
@@ -84,6 +113,7 @@ pub struct Metrics {
     grants_learned: Family<NetworkLabel, Counter>,
     dns_duration: Histogram,
     upstream_duration: Histogram,
+    grant_commit: Histogram,
     reload_ok: Counter,
     reload_failed: Counter,
     generation: Gauge<u64, AtomicU64>,
@@ -121,6 +151,13 @@ impl Metrics {
             Unit::Seconds,
             upstream_duration.clone(),
         );
+        let grant_commit = Histogram::new(GRANT_COMMIT_BUCKETS);
+        registry.register_with_unit(
+            "neuwerk_grant_commit",
+            "From an allowed upstream answer being read to its grants being in the kernel map",
+            Unit::Seconds,
+            grant_commit.clone(),
+        );
         let grants_learned = Family::<NetworkLabel, Counter>::default();
         registry.register(
             "neuwerk_grants_learned",
@@ -150,6 +187,7 @@ impl Metrics {
             grants_learned,
             dns_duration,
             upstream_duration,
+            grant_commit,
             reload_ok: reloads.get_or_create_owned(&ResultLabel { result: "ok" }),
             reload_failed: reloads.get_or_create_owned(&ResultLabel { result: "failed" }),
             generation,
@@ -255,6 +293,9 @@ impl DnsObserver for Metrics {
         self.dns_duration.observe(q.total.as_secs_f64());
         if let Some(u) = q.upstream {
             self.upstream_duration.observe(u.as_secs_f64());
+        }
+        if let Some(g) = q.grant_commit {
+            self.grant_commit.observe(g.as_secs_f64());
         }
     }
 }

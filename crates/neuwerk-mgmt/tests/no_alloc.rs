@@ -53,6 +53,7 @@ fn a_query_allocates_nothing_once_its_network_is_known() {
         addrs: &addrs,
         total: Duration::from_micros(400),
         upstream: Some(Duration::from_micros(300)),
+        grant_commit: Some(Duration::from_micros(20)),
     };
     let first = view(Some("clients"));
     assert!(

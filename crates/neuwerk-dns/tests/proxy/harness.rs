@@ -299,6 +299,7 @@ pub struct Observed {
     pub event: DnsEvent,
     pub total: Duration,
     pub upstream: Option<Duration>,
+    pub grant_commit: Option<Duration>,
 }
 
 /// Records every query reported to the observer.
@@ -313,6 +314,7 @@ impl DnsObserver for Recorder {
             event: DnsEvent::from(q),
             total: q.total,
             upstream: q.upstream,
+            grant_commit: q.grant_commit,
         });
     }
 }

@@ -25,6 +25,18 @@ fn assert_timings(o: &Observed, asked_upstream: bool) {
         }
         None => assert!(!asked_upstream, "no upstream time: {o:?}"),
     }
+    // The grant-commit time: exactly when something was learned, and
+    // within the query's time.
+    match o.grant_commit {
+        Some(g) => {
+            assert!(
+                !o.event.addrs.is_empty(),
+                "commit time, nothing learned: {o:?}"
+            );
+            assert!(g > Duration::ZERO && g <= o.total, "{o:?}");
+        }
+        None => assert!(o.event.addrs.is_empty(), "no commit time: {o:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,7 @@ fn status_has_node_policy_counters_and_readiness() {
         addrs: &[],
         total: Duration::from_micros(80),
         upstream: None,
+        grant_commit: None,
     });
     let s = h.json("/api/v1/status");
     assert_eq!(s["version"], "9.9.9");

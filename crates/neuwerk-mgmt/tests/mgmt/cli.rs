@@ -30,6 +30,7 @@ fn status_prints_a_summary() {
         addrs: &[],
         total: Duration::from_micros(80),
         upstream: None,
+        grant_commit: None,
     });
     let mut out = Vec::new();
     status(&target(&h, None), false, &mut out).unwrap();

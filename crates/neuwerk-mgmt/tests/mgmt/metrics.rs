@@ -28,6 +28,7 @@ fn query(result: DnsResult, network: Option<&str>, upstream: Option<Duration>) -
         addrs: &[],
         total: Duration::from_micros(300),
         upstream,
+        grant_commit: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn families_are_exported_in_openmetrics_text() {
         ("neuwerk_dns_queries", "counter"),
         ("neuwerk_dns_duration_seconds", "histogram"),
         ("neuwerk_dns_upstream_duration_seconds", "histogram"),
+        ("neuwerk_grant_commit_seconds", "histogram"),
         ("neuwerk_grants_active", "gauge"),
         ("neuwerk_grants_learned", "counter"),
         ("neuwerk_map_entries", "gauge"),
@@ -160,6 +162,36 @@ fn dns_queries_count_and_time() {
             r#"neuwerk_dns_queries_total{network="clients",result="allowed"}"#
         ),
         Some(3.0)
+    );
+}
+
+#[test]
+fn grant_commit_time_is_observed_only_when_grants_were_learned() {
+    let h = Harness::start();
+    let mut learned = query(DnsResult::Allowed, Some("clients"), None);
+    learned.grant_commit = Some(Duration::from_micros(12));
+    h.metrics.query(&learned);
+    h.metrics
+        .query(&query(DnsResult::Allowed, Some("clients"), None));
+    let text = scrape(&h);
+    assert_eq!(
+        sample(&text, "neuwerk_grant_commit_seconds_count"),
+        Some(1.0)
+    );
+    // 12 µs lands in the 15 µs bucket, not the 10 µs one.
+    assert_eq!(
+        sample(&text, r#"neuwerk_grant_commit_seconds_bucket{le="1e-5"}"#).or_else(|| sample(
+            &text,
+            r#"neuwerk_grant_commit_seconds_bucket{le="0.00001"}"#
+        )),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, r#"neuwerk_grant_commit_seconds_bucket{le="1.5e-5"}"#).or_else(|| sample(
+            &text,
+            r#"neuwerk_grant_commit_seconds_bucket{le="0.000015"}"#
+        )),
+        Some(1.0)
     );
 }
 
