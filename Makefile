@@ -6,7 +6,7 @@ BIN := target/release/neuwerk
 # Namespace tests run in parallel, each with its own three namespaces.
 INTEGRATION_THREADS ?= 4
 
-.PHONY: all deps build test test.unit test.integration test.integration.single lint demo clean
+.PHONY: all deps build test test.unit test.integration test.integration.single lint demo bench clean
 
 all: build
 
@@ -41,6 +41,12 @@ test: lint test.unit test.integration
 ## demo: build, lay out the seed topology, run neuwerk, show allowed and blocked traffic, clean up
 demo: build
 	@scripts/demo.sh
+
+## bench: neuwerk vs plain forwarding, nftables, dnsdist and unbound, in one run (root; ~15 min)
+bench: build
+	@scripts/bench-deps.sh
+	$(CARGO) build --release --locked -p neuwerk-bench
+	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,210 @@
+"""The benchmark report: a Markdown table with each target judged, and PNG
+plots of the latency distributions (so a reader can look, not read).
+
+`write(results, out_dir)` takes what bench/run.py collected from
+packet.run() and dns.run()."""
+import os
+
+CONFIGS = ("baseline", "neuwerk", "nftables")
+
+
+def _fmt(v, unit=""):
+    """A figure for a table; lists and {min, median, max} show their median."""
+    if isinstance(v, dict) and "median" in v:
+        v = v["median"]
+    if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+        v = sorted(v)[len(v) // 2]
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        v = f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
+    elif isinstance(v, int):
+        v = f"{v:,}"
+    return f"{v}{unit}"
+
+
+def _median(summary, key, cfg):
+    r = summary.get(key, {}).get(cfg)
+    return r.get("median") if isinstance(r, dict) else r
+
+
+def _judge(ok):
+    return "met" if ok else "**missed**"
+
+
+def packet_section(p):
+    s = p.get("summary", {})
+    rows = [
+        ("TCP throughput, 1 stream", "tcp_1_gbit_s", " Gbit/s"),
+        ("TCP throughput, 4 streams", "tcp_4_gbit_s", " Gbit/s"),
+        ("UDP 64-byte packets received", "udp_64_pps", " pps"),
+        ("New TCP connections", "conns_per_s", " /s"),
+    ]
+    out = ["## Packet path", "",
+           f"{p.get('hostname_rules', 'n/a')} hostname rules, {p.get('static_rules', 'n/a')} static rules, "
+           f"{_fmt(s.get('neuwerk_grants_active'))} learned grants loaded through real DNS. "
+           f"Each figure is the median of {p.get('rounds', 'n/a')} rounds; ratios are medians of per-round ratios "
+           "(configurations interleaved within a round).", "",
+           "| figure | baseline | neuwerk | nftables | neuwerk / baseline | nftables / baseline |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for title, key, unit in rows:
+        vals = [s.get(key, {}).get(c) for c in CONFIGS]
+        out.append(f"| {title} | " + " | ".join(_fmt(v, unit) for v in vals) + " | "
+                   + " | ".join(_fmt(_median(s, key + "_ratio", c)) for c in ("neuwerk", "nftables")) + " |")
+    out += ["", "Request/response latency (sockperf ping-pong), µs:", "",
+            "| mode | percentile | baseline | neuwerk | nftables | neuwerk added | nftables added |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for mode in ("busy", "default"):
+        for pct in ("p50", "p95", "p99", "p99.9"):
+            key = f"latency_{mode}_{pct}_us"
+            vals = [s.get(key, {}).get(c) for c in CONFIGS]
+            added = [_median(s, key + "_added", c) for c in ("neuwerk", "nftables")]
+            label = "busy-poll" if mode == "busy" else "default"
+            out.append(f"| {label} | {pct.upper()} | " + " | ".join(_fmt(v) for v in vals + added) + " |")
+    out += ["", "Policy and memory:", "",
+            "| figure | value |", "| --- | ---: |",
+            f"| `neuwerk policy check` of the {p.get('hostname_rules', '')}-rule policy | {_fmt(s.get('policy_check_s'), ' s')} |",
+            f"| start-up to ready with it | {_fmt(s.get('neuwerk_startup_to_ready_s'), ' s')} |",
+            f"| policy reload with it (API, median) | {_fmt(s.get('reload_duration_s'), ' s')} |",
+            f"| packets of established flows lost during reloads | {_fmt(s.get('reload_lost_packets'))} |",
+            f"| names learned per second (grant loading through DNS) | {_fmt(s.get('neuwerk_learn_names_per_s'))} |",
+            f"| nftables ruleset load (same allow-list) | {_fmt(s.get('nftables_load_s'), ' s')} |"]
+    mem = s.get("memory_final") or {}
+    if mem:
+        out.append(f"| memory with {_fmt(mem.get('grants_active'))} grants: RSS + eBPF maps | "
+                   f"{_fmt((mem.get('rss_bytes') or 0) / 2**20, ' MiB')} + {_fmt((mem.get('maps_memlock_bytes') or 0) / 2**20, ' MiB')} |")
+    per = s.get("memory_per_grant_bytes")
+    if isinstance(per, dict):
+        out.append("| memory per grant | " + ", ".join(f"{k} {_fmt(v)} B" for k, v in per.items()) + " |")
+    for n in p.get("notes", []) or []:
+        out.append(f"\nNote: {n}")
+    return out, s
+
+
+def dns_section(d):
+    out = ["## DNS path", "",
+           "Max queries per second with loss < 0.1% (dnsperf, unique names, upstream saw one query per query sent), "
+           "and latency at a fixed moderate rate. CPU is each process's share of one core; all share two cores.", "",
+           "| target | max qps (<0.1% loss) | upstream queries / query | P50 µs | P99 µs | CPU at max qps |",
+           "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for t in d.get("summary", []):
+        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in (t.get("cpu_at_max_pct") or {}).items())
+        out.append(f"| {t['target']} | {_fmt(t.get('max_qps'))} | {_fmt(t.get('upstream_per_query'))} | "
+                   f"{_fmt(t.get('p50_us'))} | {_fmt(t.get('p99_us'))} | {cpu} |")
+    gc = [t for t in d.get("summary", []) if t.get("grant_commit_p99_us")]
+    if gc:
+        out += ["", "Time from the upstream answer arriving to its grant being in the kernel map "
+                "(histogram `neuwerk_grant_commit_seconds`; the figure is the bucket that holds the percentile):", ""]
+        for t in gc:
+            p50, p99 = t["grant_commit_p50_us"], t["grant_commit_p99_us"]
+            out.append(f"- {t['target']}: P50 in ({p50.get('lower')}, {p50.get('le')}] µs, "
+                       f"P99 in ({p99.get('lower')}, {p99.get('le')}] µs")
+    return out
+
+
+def targets_section(s, d):
+    def ratio(key, cfg):
+        return _median(s, key, cfg)
+    rows = []
+    for key, title in (("tcp_1_gbit_s_ratio", "TCP 1 stream"), ("tcp_4_gbit_s_ratio", "TCP 4 streams"),
+                       ("udp_64_pps_ratio", "UDP 64-byte pps")):
+        n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
+        if n is not None:
+            rows.append(f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f} | "
+                        f"{_judge(n >= 0.95 and (f is None or n >= f))} |")
+    busy = ratio("latency_busy_p99_us_added", "neuwerk")
+    if busy is not None:
+        rows.append(f"| busy-poll P99 added < 1 µs | {busy} µs (nftables {ratio('latency_busy_p99_us_added', 'nftables')} µs) | {_judge(busy < 1.0)} |")
+    summ = {t["target"]: t for t in d.get("summary", [])}
+    dd = summ.get("dnsdist", {}).get("max_qps")
+    direct = summ.get("direct", {})
+    for name, t in summ.items():
+        if not name.startswith("neuwerk"):
+            continue
+        if dd:
+            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(t.get('max_qps'))} vs {_fmt(dd)} | {_judge((t.get('max_qps') or 0) >= dd)} |")
+        if direct.get("p99_us") and t.get("p99_us"):
+            added = t["p99_us"] - direct["p99_us"]
+            rows.append(f"| DNS P99 added < 200 µs ({name}) | {_fmt(added)} µs | {_judge(added < 200)} |")
+        gc = t.get("grant_commit_p99_us")
+        if gc:
+            rows.append(f"| grant in map P99 < 50 µs ({name}) | ≤ {gc.get('le')} µs (bucket ({gc.get('lower')}, {gc.get('le')}]) | {_judge(gc.get('le', 1e9) <= 50)} |")
+    return ["## Targets", "", "| target | measured | |", "| --- | --- | --- |"] + rows
+
+
+def _cdf(ax, path, label):
+    try:
+        with open(path) as f:
+            xs = sorted(float(l) for l in f if l.strip())
+    except OSError:
+        return
+    if not xs:
+        return
+    n = len(xs)
+    step = max(1, n // 4000)
+    pts = xs[::step]
+    ax.plot(pts, [(i * step + 1) / n for i in range(len(pts))], label=label)
+
+
+def plots(results, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["(matplotlib missing: no plots)"]
+    made = []
+    p = results.get("packet") or {}
+    for mode in ("busy", "default"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for c in CONFIGS:
+            rounds = (p.get("configs", {}).get(c, {}) or {}).get("rounds") or []
+            if rounds:
+                _cdf(ax, rounds[-1].get(f"latency_{mode}", {}).get("samples_file", ""), c)
+        ax.set_xscale("log")
+        ax.set_xlabel("round-trip time, µs (log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"sockperf ping-pong, {'busy-polling' if mode == 'busy' else 'default'}: client → upstream")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        name = f"packet-latency-{mode}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=110)
+        plt.close(fig)
+        made.append(name)
+    d = results.get("dns") or {}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in d.get("targets", []):
+        lat = t.get("latency") or {}
+        label = t["target"] + (f" ({t['rules']} rules)" if t.get("rules") else "")
+        _cdf(ax, lat.get("samples_file", ""), label)
+    ax.set_xscale("log")
+    ax.set_xlabel("query latency, µs (log)")
+    ax.set_ylabel("fraction of queries")
+    ax.set_title("DNS latency at a fixed rate, unique names")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "dns-latency.png"), dpi=110)
+    plt.close(fig)
+    made.append("dns-latency.png")
+    return made
+
+
+def write(results, out):
+    meta = results.get("meta", {})
+    lines = ["# Neuwerk benchmark", "",
+             f"{meta.get('date', '')}, commit {meta.get('commit', '')}, kernel {meta.get('kernel', '')}, "
+             f"{meta.get('cpus', '')} CPUs ({meta.get('cpu_model', '')}){', quick mode' if meta.get('quick') else ''}. "
+             "Client, firewall and upstream share these CPUs: ratios within this run count, absolute figures are context.", ""]
+    s, d = {}, results.get("dns") or {}
+    if results.get("packet"):
+        sec, s = packet_section(results["packet"])
+        lines += sec + [""]
+    if d:
+        lines += dns_section(d) + [""]
+    lines += targets_section(s, d) + [""]
+    made = plots(results, out)
+    lines += ["## Plots", ""] + [f"![{m}]({m})" for m in made] + [""]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines))
