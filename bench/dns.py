@@ -20,6 +20,7 @@ Per target:
             cores) beside each figure: all processes share the machine's 2 cores. other_cores =
             machine busy - watched processes; a measurement where it exceeds 0.3 cores (another
             benchmark or a build running) is redone up to twice, then kept with disturbed=true
+            (approximate: /proc/stat is tick-sampled, so at low load it can even go negative)
   neuwerk   grant_commit: neuwerk_grant_commit_seconds (upstream answer read -> grants in the
             kernel map) over the latency batch and over the throughput search, as the bucket
             holding P50/P99 (the true value lies in (lower, le])
@@ -323,18 +324,21 @@ def _other_cores(cpu) -> float:
     return round(busy - sum(v["cores"] for v in cpu["procs"].values()), 3)
 
 
-def _measure(cfg, topo, argv, watch, timeout, what):
+def _measure(cfg, topo, argv, upstream, watch, timeout, what):
     """run_measured under the machine lock; repeated (up to cfg["foreign_retries"] times)
-    while more than cfg["foreign_max"] cores went to processes we don't watch."""
+    while more than cfg["foreign_max"] cores went to processes we don't watch.
+    -> (CompletedProcess, cpu report, queries the upstream received during the kept run)."""
     for attempt in range(cfg["foreign_retries"] + 1):
+        before = upstream.queries()
         with c.machine_lock(what):
             cp, cpu = c.run_measured(topo.client, argv, "dnsperf", watch=watch, timeout=timeout)
+        up_queries = upstream.queries() - before
         other = _other_cores(cpu)
         cpu["other_cores"] = other
         cpu["attempt"] = attempt
         if other <= cfg["foreign_max"] or attempt == cfg["foreign_retries"]:
             cpu["disturbed"] = other > cfg["foreign_max"]
-            return cp, cpu
+            return cp, cpu, up_queries
         c.log(f"  {what}: {other} cores went to other processes; measuring again")
         time.sleep(3)
 
@@ -343,18 +347,17 @@ def _trial(cfg, topo, target, upstream, qfile, rate):
     watch = {"upstream": upstream.pid}
     if target.pid:
         watch[target.name] = target.pid
-    before = upstream.queries()
-    cp, cpu = _measure(cfg, topo, _dnsperf(cfg, topo, target.server, qfile, cfg["trial_s"], rate),
-                       watch, cfg["trial_s"] + 60, f"dns {target.name} {rate}")
-    after = upstream.queries()
+    cp, cpu, up_queries = _measure(
+        cfg, topo, _dnsperf(cfg, topo, target.server, qfile, cfg["trial_s"], rate), upstream,
+        watch, cfg["trial_s"] + 60, f"dns {target.name} {rate}")
     s = _dnsperf_stats(cp.stdout)
     if s["sent"] is None:
         raise RuntimeError(f"dnsperf failed: {cp.stdout[-1500:]}{cp.stderr[-1500:]}")
     bad = s["lost"] + sum(n for code, n in s["rcodes"].items() if code != "NOERROR")
     s["rate"] = int(rate) if rate else None
     s["loss"] = bad / max(s["sent"], 1)
-    s["upstream_queries"] = after - before
-    s["upstream_per_query"] = round((after - before) / max(s["sent"], 1), 4)
+    s["upstream_queries"] = up_queries
+    s["upstream_per_query"] = round(up_queries / max(s["sent"], 1), 4)
     s["cpu"] = cpu
     ok_rate = rate is None or s["qps"] >= cfg["rate_ok"] * rate
     s["pass"] = bool(s["loss"] < cfg["loss_max"] and ok_rate)
@@ -407,12 +410,11 @@ def latency(cfg, topo, target, upstream, qfile, workdir) -> dict:
     watch = {"upstream": upstream.pid}
     if target.pid:
         watch[target.name] = target.pid
-    before = upstream.queries()
-    cp, cpu = _measure(cfg, topo,
-                       _dnsperf(cfg, topo, target.server, qfile, cfg["latency_s"],
-                                cfg["latency_qps"], verbose=True),
-                       watch, cfg["latency_s"] + 60, f"dns latency {target.name}")
-    after = upstream.queries()
+    cp, cpu, up_queries = _measure(
+        cfg, topo,
+        _dnsperf(cfg, topo, target.server, qfile, cfg["latency_s"], cfg["latency_qps"],
+                 verbose=True),
+        upstream, watch, cfg["latency_s"] + 60, f"dns latency {target.name}")
     s = _dnsperf_stats(cp.stdout)
     lat, other = [], 0
     for line in cp.stdout.splitlines():
@@ -438,7 +440,7 @@ def latency(cfg, topo, target, upstream, qfile, workdir) -> dict:
         "mean_us": round(sum(lat) / len(lat), 1) if lat else None,
         "max_us": round(lat[-1], 1) if lat else None,
         "samples_file": str(samples),
-        "upstream_per_query": round((after - before) / max(s["sent"] or 1, 1), 4),
+        "upstream_per_query": round(up_queries / max(s["sent"] or 1, 1), 4),
         "cpu": cpu,
     }
 

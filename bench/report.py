@@ -109,8 +109,10 @@ def targets_section(s, d):
     for key, title in (("tcp_1_gbit_s_ratio", "TCP 1 stream"), ("tcp_4_gbit_s_ratio", "TCP 4 streams"),
                        ("udp_64_pps_ratio", "UDP 64-byte pps")):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
+        spread = s.get(key.replace("_ratio", "_baseline_spread"))
+        noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
         if n is not None:
-            rows.append(f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f} | "
+            rows.append(f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f}{noise} | "
                         f"{_judge(n >= 0.95 and (f is None or n >= f))} |")
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
