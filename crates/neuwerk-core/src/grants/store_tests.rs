@@ -114,6 +114,34 @@ fn expire_removes_only_due_grants_and_reports_them() {
 }
 
 #[test]
+fn expire_takes_every_due_grant_across_batches() {
+    let s = GrantStore::new(Recorder::default());
+    // Three full batches and a part one, all due; one more that is not.
+    let due = 3 * EXPIRE_BATCH + 5;
+    let grants: Vec<Grant> = (0..due)
+        .map(|i| {
+            grant(
+                "a.example",
+                &format!("10.0.{}.{}", i / 256, i % 256),
+                443,
+                100,
+            )
+        })
+        .collect();
+    s.learn(&grants).unwrap();
+    s.learn(&[grant("b.example", "192.0.2.9", 443, 500)])
+        .unwrap();
+    assert_eq!(s.expire(100).len(), due);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.backend().map.lock().unwrap().len(), 1);
+    // Exactly a whole number of batches due: the loop must still stop.
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&grants[..EXPIRE_BATCH]).unwrap();
+    assert_eq!(s.expire(100).len(), EXPIRE_BATCH);
+    assert!(s.is_empty());
+}
+
+#[test]
 fn retain_revokes_and_rewrites_changed_ports() {
     let s = GrantStore::new(Recorder::default());
     s.learn(&[
