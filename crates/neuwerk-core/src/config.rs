@@ -10,6 +10,7 @@
 //!   min_ttl: 0s               # default 0s
 //!   max_ttl: 24h              # default 24h
 //!   deny_response: refused    # or nxdomain
+//!   workers: 0                # proxy threads; default 0: one per CPU
 //! policy:
 //!   file: policy.yaml         # relative to the config file's directory
 //!   audit: false              # default false
@@ -91,6 +92,8 @@ pub struct DnsConfig {
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     pub deny_response: DenyResponse,
+    /// Proxy threads, each with its own sockets; 0 means one per CPU.
+    pub workers: usize,
 }
 
 /// Where the policy lives.
@@ -293,7 +296,11 @@ const DNS_KEYS: &[&str] = &[
     "min_ttl",
     "max_ttl",
     "deny_response",
+    "workers",
 ];
+
+/// More proxy threads than this only adds contention.
+pub const MAX_DNS_WORKERS: usize = 64;
 
 fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
     let f = node.fields("`dns`", DNS_KEYS)?;
@@ -332,6 +339,17 @@ fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
             }
         })?,
     };
+    let workers = match f.get("workers") {
+        None => 0,
+        Some(e) => e
+            .value
+            .parse_with("a number of threads", |s| match s.parse::<usize>() {
+                Ok(n) if n <= MAX_DNS_WORKERS => Ok(n),
+                _ => Err(format!(
+                    "workers must be a number from 0 (one per CPU) to {MAX_DNS_WORKERS}, not `{s}`"
+                )),
+            })?,
+    };
     Ok(DnsConfig {
         listen,
         upstreams,
@@ -339,6 +357,7 @@ fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
         min_ttl,
         max_ttl,
         deny_response,
+        workers,
     })
 }
 

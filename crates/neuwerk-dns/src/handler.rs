@@ -1,7 +1,7 @@
 //! The one query path, whatever the transport: decode -> policy ->
 //! upstream -> answer -> grants -> reply.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,9 @@ pub(crate) struct Handler {
     policy: Arc<ArcSwap<Policy>>,
     grants: Arc<dyn GrantSink>,
     observer: Arc<dyn DnsObserver>,
-    upstreams: Upstreams,
+    /// Each worker builds its own [`Upstreams`] from these.
+    upstream_servers: Vec<SocketAddr>,
+    upstream_timeout: Duration,
     deny_rcode: ResponseCode,
     min_ttl_ns: u64,
     max_ttl_ns: u64,
@@ -128,7 +130,8 @@ impl Handler {
             policy: ctx.policy,
             grants: ctx.grants,
             observer: ctx.observer,
-            upstreams: Upstreams::new(upstreams, upstream_timeout),
+            upstream_servers: upstreams,
+            upstream_timeout,
             deny_rcode: match deny_response {
                 DenyResponse::Refused => ResponseCode::Refused,
                 DenyResponse::NxDomain => ResponseCode::NXDomain,
@@ -139,16 +142,32 @@ impl Handler {
         }
     }
 
-    /// Handles one query; returns the reply to send, if any.
-    pub(crate) async fn handle(&self, query: Query) -> Option<Vec<u8>> {
+    /// The upstream resolvers, in order.
+    pub(crate) fn upstream_servers(&self) -> &[SocketAddr] {
+        &self.upstream_servers
+    }
+
+    /// How long one try at one upstream may take.
+    pub(crate) fn upstream_timeout(&self) -> Duration {
+        self.upstream_timeout
+    }
+
+    /// Handles one query, forwarding through the calling worker's
+    /// `upstreams`; returns the reply to send, if any.
+    pub(crate) async fn handle(&self, query: Query, upstreams: &Upstreams) -> Option<Vec<u8>> {
         let mut facts = Facts::default();
-        let (outcome, reply) = self.process(&query, &mut facts).await;
+        let (outcome, reply) = self.process(&query, upstreams, &mut facts).await;
         let total = query.received.elapsed();
         observe(&*self.observer, &query, &facts, &outcome, total);
         reply
     }
 
-    async fn process(&self, query: &Query, facts: &mut Facts) -> (Outcome, Option<Vec<u8>>) {
+    async fn process(
+        &self,
+        query: &Query,
+        upstreams: &Upstreams,
+        facts: &mut Facts,
+    ) -> (Outcome, Option<Vec<u8>>) {
         let b = &query.bytes[..];
         if b.len() < HEADER_LEN {
             return (Outcome::Dropped("shorter than a DNS header"), None);
@@ -201,7 +220,7 @@ impl Handler {
             dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         };
         let asked = Instant::now();
-        let resolved = self.upstreams.resolve(&request).await;
+        let resolved = upstreams.resolve(&request).await;
         facts.upstream = Some(asked.elapsed());
         let answer = match resolved {
             Ok(answer) => answer,

@@ -2,6 +2,8 @@
 //! answered only if the policy lets the client's network reach the name,
 //! and the addresses in the answer become grants before the client sees it.
 //!
+//! - `worker`: threads, each serving every listen address with its own
+//!   sockets, so that a query stays on one thread.
 //! - `listen`: UDP and TCP listeners, framing bytes into one query type.
 //! - `handler`: the single query path (decode, policy, upstream, grants, reply).
 //! - `upstream`: forwarding, timeouts, fallback, TCP retry.
@@ -18,16 +20,17 @@ use neuwerk_core::config::DnsConfig;
 use neuwerk_core::events::DnsObserver;
 use neuwerk_core::grants::GrantSink;
 use neuwerk_core::policy::Policy;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 
 mod answer;
 mod handler;
 mod listen;
 mod upstream;
 mod wire;
+mod worker;
 
 use handler::Handler;
+use listen::Share;
 
 /// What the proxy needs from the daemon.
 #[derive(Clone)]
@@ -78,83 +81,130 @@ pub enum DnsError {
     /// A listener loop panicked (a bug).
     #[error("a DNS listener task failed")]
     Listener(#[from] tokio::task::JoinError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a DNS worker")]
+    Runtime(#[source] io::Error),
 }
 
 /// The bound listeners, ready to serve.
 pub struct DnsServer {
     handler: Arc<Handler>,
-    udp: Vec<UdpSocket>,
-    tcp: Vec<TcpListener>,
+    /// Each worker's sockets, one per listen address and transport.
+    workers: Vec<worker::Sockets>,
+    addrs: Vec<(Transport, SocketAddr)>,
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP on every config.listen address. A busy port or
-    /// unassignable address is an error naming the address.
+    /// Binds UDP and TCP on every config.listen address, once per worker.
+    /// A busy port or unassignable address is an error naming the address.
     pub async fn bind(ctx: ProxyContext) -> Result<DnsServer, DnsError> {
         if ctx.config.listen.is_empty() {
             return Err(DnsError::NoListenAddress);
         }
-        let mut udp = Vec::with_capacity(ctx.config.listen.len());
-        let mut tcp = Vec::with_capacity(ctx.config.listen.len());
+        let count = worker_count(ctx.config.workers);
+        let mut workers: Vec<worker::Sockets> = (0..count).map(|_| Default::default()).collect();
+        let mut addrs = Vec::new();
         for &addr in &ctx.config.listen {
-            let (u, t) = bind_pair(addr)?;
-            udp.push(u);
-            tcp.push(t);
+            let (udp_addr, tcp_addr) = free_pair(addr)?;
+            for sockets in &mut workers {
+                let udp = listen::udp_socket(udp_addr, Share::Group);
+                sockets
+                    .udp
+                    .push(udp.map_err(bind_err(udp_addr, Transport::Udp))?);
+                let tcp = listen::tcp_listener(tcp_addr, Share::Group);
+                sockets
+                    .tcp
+                    .push(tcp.map_err(bind_err(tcp_addr, Transport::Tcp))?);
+            }
+            addrs.push((Transport::Udp, udp_addr));
+            addrs.push((Transport::Tcp, tcp_addr));
         }
         Ok(DnsServer {
             handler: Arc::new(Handler::new(ctx)),
-            udp,
-            tcp,
+            workers,
+            addrs,
         })
     }
 
     /// The bound addresses (ports resolved when the config asked for 0).
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        let udp = self.udp.iter().map(|s| (Transport::Udp, s.local_addr()));
-        let tcp = self.tcp.iter().map(|s| (Transport::Tcp, s.local_addr()));
-        udp.chain(tcp)
-            .filter_map(|(t, a)| a.ok().map(|a| (t, a)))
-            .collect()
+        self.addrs.clone()
     }
 
     /// Serves until `shutdown` resolves; in-flight queries may be dropped
     /// at shutdown. The sockets are closed when this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), DnsError> {
-        let mut listeners = JoinSet::new();
-        for socket in self.udp {
-            listeners.spawn(listen::udp::serve(socket, self.handler.clone()));
-        }
-        for listener in self.tcp {
-            listeners.spawn(listen::tcp::serve(listener, self.handler.clone()));
-        }
-        // The listener loops never end on their own; one ending means it
-        // panicked.
-        let result = tokio::select! {
-            () = shutdown => Ok(()),
-            Some(done) = listeners.join_next() => done.map_err(DnsError::Listener),
+        let (stop_tx, stop) = watch::channel(false);
+        let (ended, mut ended_rx) = mpsc::unbounded_channel();
+        let shared = worker::Shared {
+            handler: self.handler,
+            stop,
+            ended,
         };
-        listeners.shutdown().await;
+        let mut threads = Vec::with_capacity(self.workers.len());
+        let mut result = Ok(());
+        for (i, sockets) in self.workers.into_iter().enumerate() {
+            match worker::spawn(i, sockets, shared.clone()) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    result = Err(DnsError::Runtime(e));
+                    break;
+                }
+            }
+        }
+        drop(shared);
+        if result.is_ok() {
+            // Workers never end on their own; one ending means it failed.
+            result = tokio::select! {
+                () = shutdown => Ok(()),
+                Some(ended) = ended_rx.recv() => ended,
+            };
+        }
+        let _ = stop_tx.send(true);
+        // Every worker reports once; the channel closes after the last.
+        while let Some(ended) = ended_rx.recv().await {
+            result = result.and(ended);
+        }
+        for thread in threads {
+            // Already past its report; joining only reaps the thread.
+            let _ = thread.join();
+        }
         result
     }
 }
 
-/// Binds UDP and TCP on `addr`. With port 0 both get the same port when it
-/// is free on both transports, as clients expect of a DNS server.
-fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
-    let bind_err = |transport| {
-        move |source| DnsError::Bind {
-            addr,
-            transport,
-            source,
-        }
-    };
-    let udp = listen::udp_socket(addr).map_err(bind_err(Transport::Udp))?;
-    if addr.port() == 0 {
-        let port = udp.local_addr().map_err(bind_err(Transport::Udp))?.port();
-        if let Ok(tcp) = listen::tcp_listener(SocketAddr::new(addr.ip(), port)) {
-            return Ok((udp, tcp));
-        }
+/// Worker threads for `configured` (0: one per CPU).
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
-    let tcp = listen::tcp_listener(addr).map_err(bind_err(Transport::Tcp))?;
-    Ok((udp, tcp))
+}
+
+fn bind_err(addr: SocketAddr, transport: Transport) -> impl Fn(io::Error) -> DnsError {
+    move |source| DnsError::Bind {
+        addr,
+        transport,
+        source,
+    }
+}
+
+/// The UDP and TCP addresses the workers' sockets will share, checked free
+/// by binding them alone first: a group would otherwise silently share a
+/// port with another process of the same user (a second neuwerk). With
+/// port 0 both get the same port when it is free on both transports, as
+/// clients expect of a DNS server.
+fn free_pair(addr: SocketAddr) -> Result<(SocketAddr, SocketAddr), DnsError> {
+    let udp = listen::udp_socket(addr, Share::Exclusive).map_err(bind_err(addr, Transport::Udp))?;
+    let udp_addr = udp.local_addr().map_err(bind_err(addr, Transport::Udp))?;
+    let same_port = SocketAddr::new(addr.ip(), udp_addr.port());
+    let tcp = match listen::tcp_listener(same_port, Share::Exclusive) {
+        Ok(tcp) => tcp,
+        Err(_) if addr.port() == 0 => {
+            listen::tcp_listener(addr, Share::Exclusive).map_err(bind_err(addr, Transport::Tcp))?
+        }
+        Err(e) => return Err(bind_err(addr, Transport::Tcp)(e)),
+    };
+    let tcp_addr = tcp.local_addr().map_err(bind_err(addr, Transport::Tcp))?;
+    Ok((udp_addr, tcp_addr))
 }

@@ -37,6 +37,7 @@ dns:
   min_ttl: 0s
   max_ttl: 24h
   deny_response: nxdomain
+  workers: 3
 policy:
   file: /etc/neuwerk/policy.yaml
   audit: true
@@ -68,6 +69,7 @@ fn the_documented_example() {
     assert_eq!(c.dns.min_ttl, Duration::ZERO);
     assert_eq!(c.dns.max_ttl, Duration::from_secs(86_400));
     assert_eq!(c.dns.deny_response, DenyResponse::NxDomain);
+    assert_eq!(c.dns.workers, 3);
     assert_eq!(c.policy.file, PathBuf::from("/etc/neuwerk/policy.yaml"));
     assert!(c.policy.audit);
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
@@ -96,6 +98,7 @@ fn defaults() {
     assert_eq!(c.dns.min_ttl, Duration::ZERO);
     assert_eq!(c.dns.max_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(c.dns.deny_response, DenyResponse::Refused);
+    assert_eq!(c.dns.workers, 0);
     assert_eq!(c.management, ManagementConfig::default());
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
     assert_eq!(c.management.token, None);
@@ -303,7 +306,9 @@ fn error_cases() -> Vec<(String, &'static str)> {
         ("[]\n".into(), "c.yaml:1:1: expected the config, found a list"),
         ("interfaces: {ingress: a, egress: b}\n".into(), "c.yaml:1:1: the config needs `dns`"),
         (with_tail("dsn: {}\n"), "c.yaml:9:1: unknown key `dsn` in the config; did you mean `dns`?"),
-        (with_dns("  retries: 3\n"), "c.yaml:7:3: unknown key `retries` in `dns`; expected one of `listen`, `upstreams`, `upstream_timeout`, `min_ttl`, `max_ttl`, `deny_response`"),
+        (with_dns("  retries: 3\n"), "c.yaml:7:3: unknown key `retries` in `dns`; expected one of `listen`, `upstreams`, `upstream_timeout`, `min_ttl`, `max_ttl`, `deny_response`, `workers`"),
+        (with_dns("  workers: 65\n"), "c.yaml:7:12: workers must be a number from 0 (one per CPU) to 64, not `65`"),
+        (with_dns("  workers: two\n"), "c.yaml:7:12: workers must be a number from 0 (one per CPU) to 64, not `two`"),
         (with_dns("  upstream_timeout: 2\n"), "c.yaml:7:21: `2` has no unit; use a unit, e.g. 2s"),
         (with_dns("  upstream_timeout: 2 s\n"), "c.yaml:7:21: `2 s`: unknown unit ` s`; use ns, us, ms, s, m, h or d"),
         (with_dns("  upstream_timeout: 0s\n"), "c.yaml:7:21: upstream_timeout must be greater than 0"),

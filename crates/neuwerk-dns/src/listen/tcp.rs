@@ -3,6 +3,7 @@
 //! answers may come out of order (RFC 7766 §6.2.1.1).
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::{reap, Query};
 use crate::handler::Handler;
+use crate::upstream::Upstreams;
 use crate::wire::HEADER_LEN;
 use crate::Transport;
 
@@ -41,7 +43,7 @@ pub(crate) enum FrameError {
 
 /// Accepts connections until dropped (shutdown drops it, and with it every
 /// connection and in-flight query).
-pub(crate) async fn serve(listener: TcpListener, handler: Arc<Handler>) {
+pub(crate) async fn serve(listener: TcpListener, handler: Arc<Handler>, upstreams: Rc<Upstreams>) {
     let mut connections = JoinSet::new();
     loop {
         while let Some(done) = connections.try_join_next() {
@@ -60,13 +62,18 @@ pub(crate) async fn serve(listener: TcpListener, handler: Arc<Handler>) {
             debug!(%peer, "too many TCP connections, closing the new one");
             continue;
         }
-        connections.spawn(connection(stream, peer, handler.clone()));
+        connections.spawn_local(connection(stream, peer, handler.clone(), upstreams.clone()));
     }
 }
 
 /// Serves one connection until the client closes it, it idles, or it sends
 /// something that is not a DNS frame.
-async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<Handler>,
+    upstreams: Rc<Upstreams>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let mut writer = BufWriter::new(writer);
@@ -84,13 +91,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) 
                 Ok(Some(bytes)) => {
                     idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
                     let handler = handler.clone();
+                    let upstreams = upstreams.clone();
                     let query = Query {
                         bytes,
                         peer,
                         transport: Transport::Tcp,
                         received: read_at,
                     };
-                    inflight.spawn(async move { handler.handle(query).await });
+                    inflight.spawn_local(async move { handler.handle(query, &upstreams).await });
                 }
                 Ok(None) => break,
                 Err(e) => {

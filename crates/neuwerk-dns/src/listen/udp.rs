@@ -1,5 +1,7 @@
-//! UDP listener: one receive loop per socket, one task per datagram.
+//! UDP listener: one receive loop per socket, one task per datagram, all
+//! on the worker's thread.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::{reap, Query};
 use crate::handler::Handler;
+use crate::upstream::Upstreams;
 use crate::Transport;
 
 /// Queries handled at once per socket. Beyond it the loop stops reading
@@ -19,8 +22,8 @@ pub(crate) const MAX_UDP_INFLIGHT: usize = 4096;
 
 /// Receives datagrams until dropped (the server's shutdown drops it, and
 /// with it every in-flight query).
-pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
-    let socket = Arc::new(socket);
+pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: Rc<Upstreams>) {
+    let socket = Rc::new(socket);
     // Reused for every datagram; each query gets an exact-size copy.
     let mut buf = vec![0u8; u16::MAX as usize];
     let mut inflight = JoinSet::new();
@@ -53,8 +56,9 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>) {
         };
         let handler = handler.clone();
         let socket = socket.clone();
-        inflight.spawn(async move {
-            if let Some(reply) = handler.handle(query).await {
+        let upstreams = upstreams.clone();
+        inflight.spawn_local(async move {
+            if let Some(reply) = handler.handle(query, &upstreams).await {
                 if let Err(e) = socket.send_to(&reply, peer).await {
                     debug!(%peer, error = %e, "UDP reply not sent");
                 }

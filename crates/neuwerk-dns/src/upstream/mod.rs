@@ -1,40 +1,29 @@
-//! Forwarding an allowed query to the configured upstream resolvers.
-//!
-//! Socket strategy: every try uses its own UDP socket, bound to an
-//! ephemeral port the kernel picks at random and `connect`ed to the
-//! upstream. Chosen for correctness first:
-//! - the kernel delivers only datagrams from the upstream's address and
-//!   port, and the port is unpredictable, so a spoofer must guess port and
-//!   query id (about 32 bits) instead of the 16-bit id of a shared socket;
-//! - ICMP errors (port unreachable, host unreachable) are reported on a
-//!   connected socket, so a dead upstream fails at once instead of costing
-//!   the whole timeout;
-//! - tries are independent: no id table, no lock, no id collisions, one slow
-//!   answer never blocks another.
-//!
-//! The cost is a few syscalls per try (socket, connect, close, epoll
-//! registration) and one descriptor per in-flight query; next to an
-//! upstream round trip that is small, and in-flight queries are capped by
-//! the listeners.
+//! Forwarding an allowed query to the configured upstream resolvers:
+//! over UDP on a worker's pooled sockets ([`pool`]), over TCP when the UDP
+//! answer is truncated, each upstream in turn until one answers.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::ProtoError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use crate::answer::EDNS_PAYLOAD;
 use crate::wire::{self, HEADER_LEN};
 
+pub(crate) mod pool;
+
+use pool::{Pool, Reply};
+
 /// Receive buffer for a UDP answer. Upstreams are told 1232 bytes; a
 /// datagram filling this buffer may have been cut, so it is retried over
 /// TCP like TC=1.
-const MAX_UDP_ANSWER: usize = 4096;
+pub(crate) const MAX_UDP_ANSWER: usize = 4096;
 
 /// What to ask upstream, taken from the client's query.
 #[derive(Debug, Clone, Copy)]
@@ -90,17 +79,18 @@ impl ResolveError {
     }
 }
 
-/// The upstream resolvers, tried in order.
-#[derive(Debug, Clone)]
+/// The upstream resolvers, tried in order, as one worker thread reaches
+/// them (the sockets belong to the worker).
 pub(crate) struct Upstreams {
-    servers: Vec<SocketAddr>,
+    servers: Vec<(SocketAddr, Pool)>,
     timeout: Duration,
 }
 
 impl Upstreams {
     /// `timeout` bounds each try (UDP and its TCP retry together), so a
     /// query takes at most `timeout` x number of servers.
-    pub(crate) fn new(servers: Vec<SocketAddr>, timeout: Duration) -> Self {
+    pub(crate) fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
+        let servers = servers.iter().map(|&s| (s, Pool::new(s))).collect();
         Upstreams { servers, timeout }
     }
 
@@ -109,12 +99,10 @@ impl Upstreams {
     pub(crate) async fn resolve(&self, req: &Request<'_>) -> Result<Answer, ResolveError> {
         let mut query = encode(req)?;
         let mut last_rcode = None;
-        for &server in &self.servers {
-            // A fresh id per try; the socket's random port does the rest.
-            let id = rand::random::<u16>();
-            wire::set_id(&mut query, id);
+        for (server, pool) in &self.servers {
+            let server = *server;
             let deadline = Instant::now() + self.timeout;
-            match try_server(server, &query, id, req.question, deadline).await {
+            match try_server(pool, &mut query, req.question, deadline).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     if let TryError::Rcode(rc) = e {
@@ -151,17 +139,21 @@ fn encode(req: &Request<'_>) -> Result<Vec<u8>, ProtoError> {
 }
 
 /// One upstream: UDP, then TCP if the UDP answer is truncated (so every
-/// address gets learned), all before `deadline`.
+/// address gets learned), all before `deadline`. Sets the query's id.
 async fn try_server(
-    server: SocketAddr,
-    query: &[u8],
-    id: u16,
+    pool: &Pool,
+    query: &mut [u8],
     question: &Query,
     deadline: Instant,
 ) -> Result<Answer, TryError> {
-    let answer = match exchange_udp(server, query, id, question, deadline).await? {
+    let answer = match exchange_udp(pool, query, question, deadline).await? {
         Some(answer) => answer,
-        None => exchange_tcp(server, query, id, question, deadline).await?,
+        None => {
+            // A fresh id: the TCP connection is a new exchange.
+            let id = rand::random::<u16>();
+            wire::set_id(query, id);
+            exchange_tcp(pool.server(), query, id, question, deadline).await?
+        }
     };
     match answer.msg.response_code {
         rc @ (ResponseCode::ServFail | ResponseCode::Refused) => Err(TryError::Rcode(rc)),
@@ -183,43 +175,26 @@ fn accept(buf: &[u8], id: u16, question: &Query) -> Option<Message> {
         .then_some(msg)
 }
 
-/// Sends over UDP and waits for the matching answer; `None` when it is
-/// truncated and must be fetched over TCP.
+/// Sends over one of the pool's UDP sockets and waits for the matching
+/// answer; `None` when it is truncated and must be fetched over TCP.
 async fn exchange_udp(
-    server: SocketAddr,
-    query: &[u8],
-    id: u16,
+    pool: &Pool,
+    query: &mut [u8],
     question: &Query,
     deadline: Instant,
 ) -> Result<Option<Answer>, TryError> {
-    let local: SocketAddr = match server {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
-    sock.send(query).await?;
-    let mut buf = Vec::with_capacity(MAX_UDP_ANSWER);
-    loop {
-        buf.clear();
-        let n = timeout_at(deadline, sock.recv_buf(&mut buf))
-            .await
-            .map_err(|_| TryError::Timeout)??;
-        let received = std::time::Instant::now();
-        if n >= MAX_UDP_ANSWER && wire::id(&buf) == id {
-            return Ok(None);
-        }
-        match accept(&buf, id, question) {
-            Some(msg) if msg.truncation => return Ok(None),
-            Some(msg) => {
-                return Ok(Some(Answer {
-                    msg,
-                    bytes: buf,
-                    received,
-                }))
-            }
-            None => debug!(%server, "ignoring a datagram that does not answer our query"),
-        }
+    let mut registration = pool.register(question)?;
+    wire::set_id(query, registration.id());
+    registration.send(query).await?;
+    let reply = timeout_at(deadline, &mut registration.reply)
+        .await
+        .map_err(|_| TryError::Timeout)?;
+    match reply {
+        Ok(Reply::Answer(answer)) => Ok(Some(answer)),
+        Ok(Reply::Truncated) => Ok(None),
+        Ok(Reply::Failed(kind)) => Err(TryError::Io(kind.into())),
+        // The pool is gone: the worker is shutting down.
+        Err(_) => Err(TryError::Timeout),
     }
 }
 

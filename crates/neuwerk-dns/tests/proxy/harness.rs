@@ -408,6 +408,7 @@ pub fn config(upstreams: &[SocketAddr]) -> DnsConfig {
         min_ttl: Duration::from_secs(60),
         max_ttl: Duration::from_secs(600),
         deny_response: DenyResponse::Refused,
+        workers: 2,
     }
 }
 

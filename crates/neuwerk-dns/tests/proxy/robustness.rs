@@ -224,6 +224,8 @@ async fn bind_errors_name_the_address() {
         grants: proxy.sink.clone(),
         observer: proxy.observed.clone(),
     };
+    // The running proxy's workers share the port (SO_REUSEPORT); a second
+    // server, even of the same user, must still be refused.
     let busy = proxy.udp;
     let err = DnsServer::bind(ctx(busy)).await.err().unwrap();
     assert!(matches!(err, DnsError::Bind { addr, transport: Transport::Udp, .. } if addr == busy));
