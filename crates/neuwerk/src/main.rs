@@ -17,6 +17,11 @@ use clap::{Args, Parser, Subcommand};
 use neuwerk_core::config::{Config, LogFormat, LoggingConfig};
 use neuwerk_mgmt::{ApiTarget, ClientError, MonitorFilter};
 
+/// mimalloc: per-query allocations on the DNS path cost a third of what
+/// they cost with glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/neuwerk/config.yaml";
 
 #[derive(Parser)]
