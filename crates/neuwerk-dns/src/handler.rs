@@ -220,7 +220,9 @@ impl Handler {
             dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         };
         let asked = Instant::now();
-        let resolved = upstreams.resolve(&request).await;
+        // Boxed: the exchange's state is over a kilobyte, and inline it
+        // would be copied with this future on every move (spawn, poll).
+        let resolved = Box::pin(upstreams.resolve(&request)).await;
         facts.upstream = Some(asked.elapsed());
         let answer = match resolved {
             Ok(answer) => answer,
