@@ -15,6 +15,8 @@ use aya::Ebpf;
 use neuwerk_abi as abi;
 use neuwerk_core::config::ConntrackConfig;
 use neuwerk_core::grants::{GrantBackend, GrantEntry, GrantError};
+
+use crate::batch::BatchDelete;
 use neuwerk_core::policy::Policy;
 
 use crate::addr::{addr_bytes, addr_from_bytes};
@@ -69,6 +71,8 @@ pub struct Dataplane {
     maps: Mutex<Maps>,
     /// Counters and second handles, read without the maps lock.
     stats: Stats,
+    /// Batch deletions from the grant map (expiry).
+    grant_delete: BatchDelete,
     /// Network id -> name, readable without the maps lock.
     names: NetNames,
     /// The event ring buffer until [`Dataplane::packet_events`] takes it.
@@ -105,6 +109,7 @@ impl Dataplane {
         loader::check_interface(&cfg.egress)?;
         let mut ebpf = loader::load(&cfg.conntrack, events)?;
         let stats = Stats::open(&mut ebpf)?;
+        let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
         let ids = NetIds::default();
         let names = ids.names();
@@ -124,6 +129,7 @@ impl Dataplane {
         let dp = Dataplane {
             maps: Mutex::new(maps),
             stats,
+            grant_delete,
             names,
             events: Mutex::new(Some(ring)),
             _ebpf: ebpf,
@@ -375,5 +381,30 @@ impl GrantBackend for Dataplane {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// One syscall for the lot (keys of unknown networks have no entry).
+    fn remove_many(&self, keys: &[(&str, IpAddr)]) -> Result<(), GrantError> {
+        let Some(&(_, first)) = keys.first() else {
+            return Ok(());
+        };
+        let batch: Vec<abi::GrantKey> = {
+            let m = self.lock();
+            keys.iter()
+                .filter_map(|&(network, addr)| {
+                    Some(abi::GrantKey {
+                        net_id: m.ids.get(network)?,
+                        addr: addr_bytes(addr),
+                    })
+                })
+                .collect()
+        };
+        self.grant_delete
+            .delete(&batch)
+            .map(drop)
+            .map_err(|e| GrantError::Backend {
+                addr: first,
+                reason: format!("deleting {} grant entries: {e}", batch.len()),
+            })
     }
 }

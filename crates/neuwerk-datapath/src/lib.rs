@@ -12,6 +12,7 @@
 //! - [`events`]: drop and audit events from the kernel's ring buffer.
 
 pub mod addr;
+mod batch;
 pub mod compile;
 pub mod dataplane;
 pub mod error;

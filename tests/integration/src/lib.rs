@@ -16,6 +16,7 @@ pub mod client;
 pub mod dns_client;
 pub mod dns_mock;
 pub mod http_mock;
+pub mod kernel_maps;
 pub mod mgmt;
 pub mod netns;
 pub mod neuwerk;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use neuwerk_integration::checks::*;
 use neuwerk_integration::client::BLOCKED;
+use neuwerk_integration::kernel_maps::grant_entries;
 use neuwerk_integration::mgmt::{cli, CliStream, Mgmt};
 use neuwerk_integration::neuwerk::fixture;
 use neuwerk_integration::topology::*;
@@ -108,7 +109,7 @@ fn metrics_move_as_traffic_is_allowed_and_dropped() {
 fn grants_endpoint_shows_ttl_then_forgets_expired_grant() {
     let topo = Topology::new();
     let c = topo.client();
-    let _nw = Neuwerk::start(&topo, &fixture("policy-dns-only.yaml"));
+    let nw = Neuwerk::start(&topo, &fixture("policy-dns-only.yaml"));
     let m = mgmt(&topo);
     let list = || {
         let r = m.get("/api/v1/grants?hostname=short.example.com").unwrap();
@@ -128,8 +129,11 @@ fn grants_endpoint_shows_ttl_then_forgets_expired_grant() {
     assert_eq!(g["hostname"], "short.example.com");
     let ttl = g["ttl_remaining_s"].as_f64().unwrap();
     assert!(ttl > 0.0 && ttl <= 2.0, "TTL 2 s answer, remaining {ttl}");
+    assert_eq!(grant_entries(nw.pid()), 1, "the grant is in the kernel map");
     sleep(Duration::from_millis(3500));
     assert!(list().is_empty(), "an expired grant is not listed");
+    // The expiry sweep deleted it from the kernel map too (in a batch).
+    assert_eq!(grant_entries(nw.pid()), 0, "expired grant left in the map");
 }
 
 /// `neuwerk monitor` prints a drop within a second of it happening, and

@@ -69,6 +69,12 @@ pub trait GrantBackend: Send + Sync {
     ) -> Result<(), GrantError>;
     /// Removes (network, addr).
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError>;
+    /// Removes every (network, addr) of `keys`; a backend that can do it in
+    /// one operation should (expiry removes in bursts).
+    fn remove_many(&self, keys: &[(&str, IpAddr)]) -> Result<(), GrantError> {
+        keys.iter()
+            .try_for_each(|&(network, addr)| self.remove(network, addr))
+    }
 }
 
 impl<T: GrantBackend + ?Sized> GrantBackend for Arc<T> {
@@ -82,5 +88,8 @@ impl<T: GrantBackend + ?Sized> GrantBackend for Arc<T> {
     }
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
         (**self).remove(network, addr)
+    }
+    fn remove_many(&self, keys: &[(&str, IpAddr)]) -> Result<(), GrantError> {
+        (**self).remove_many(keys)
     }
 }

@@ -1,0 +1,37 @@
+//! A running neuwerk's kernel maps, read from outside the process: its map
+//! ids come from its fd table (`/proc/PID/fdinfo`), and the map is opened
+//! by id, so a test sees what the kernel holds, not what neuwerk reports.
+
+use aya::maps::{HashMap, Map, MapData};
+use neuwerk_abi::{GrantKey, GrantValue};
+
+/// Entries in the `nw_grants` map of the neuwerk process `pid`.
+pub fn grant_entries(pid: u32) -> usize {
+    let data = open_map(pid, "nw_grants")
+        .unwrap_or_else(|| panic!("neuwerk {pid} holds no map named nw_grants"));
+    let map = Map::from_map_data(data).expect("nw_grants as a map");
+    let grants: HashMap<MapData, GrantKey, GrantValue> =
+        HashMap::try_from(map).expect("nw_grants as a hash map");
+    grants.keys().filter(Result::is_ok).count()
+}
+
+/// The map called `name` among the maps process `pid` holds.
+fn open_map(pid: u32, name: &str) -> Option<MapData> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    fdinfo
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| map_id(&info))
+        .filter_map(|id| MapData::from_id(id).ok())
+        .find(|data| {
+            data.info()
+                .is_ok_and(|info| info.name_as_str() == Some(name))
+        })
+}
+
+/// `map_id:` of a bpf map fd's fdinfo; `None` for other fds.
+fn map_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("map_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
