@@ -25,20 +25,35 @@ Per target:
             kernel map) over the latency batch and over the throughput search, as the bucket
             holding P50/P99 (the true value lies in (lower, le])
 
+Then, after every target's max qps and latency (so nothing here disturbs them), per-query cost
+of neuwerk, dnsdist and unbound at ONE fixed rate (80% of the lowest max qps among them in this
+run: below every one's capacity; per-query figures depend on load, so only one rate compares):
+  cpu       the target's CPU time (utime+stime, all threads) / queries answered, in a window
+            without perf attached
+  syscalls  the target's syscalls (perf stat on raw_syscalls:sys_enter, a counter over all its
+            threads) / queries answered, and by name (the syscalls:sys_enter_<name> counters)
+  profile   neuwerk (largest rule count) and dnsdist: perf record with DWARF call graphs, top
+            self-time symbols, and an SVG flamegraph (inferno) flame-<target>.svg in cfg["out"]
+Each window runs on a freshly started target, so all see the same state (and neuwerk's map walk
+every 30 s, which costs a syscall per grant, never falls into one).
+
 Names: n<i>.bench.test from a 500k-line query file, so nothing is answered from a cache.
 
 Usage: /usr/bin/python3 bench/dns.py [--quick] [--out FILE.json] [--targets direct,neuwerk,...]
-                                     [--rules 10,100000] [--profile] [--no-build]
+                                     [--rules 10,100000] [--no-cost] [--no-profile] [--no-build]
 Library: run(cfg) -> dict (JSON-serialisable); cfg keys: see DEFAULTS / QUICK.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,14 +85,29 @@ DEFAULTS = {
     "latency_s": 10,
     "foreign_max": 0.3,  # cores used by unwatched processes before a measurement is redone
     "foreign_retries": 2,
-    "profile": False,  # perf record neuwerk at its max rate (needs linux-perf)
-    "profile_s": 5,
+    # Per-query cost, after all the above (see the module doc).
+    "cost": True,
+    "cost_targets": ["neuwerk", "dnsdist", "unbound"],
+    "cost_rate": None,  # qps; None: cost_rate_share x the lowest max qps of cost_targets
+    "cost_rate_share": 0.8,
+    "cost_rate_fallback": 20000,  # when no cost target has a max qps in this run
+    "cost_s": 8,
+    "profile": True,  # perf record + flamegraph at the cost rate (needs linux-perf, inferno)
+    "profile_targets": ["neuwerk", "dnsdist"],  # neuwerk: its largest rule count
+    "profile_s": 8,
+    "profile_hz": 999,
+    # DWARF unwinding (16 KiB of user stack copied per sample): dnsdist and unbound are Debian
+    # builds without frame pointers, so "fp" (perf record -g) would lose their user frames.
+    "profile_call_graph": "dwarf,16384",
+    "keep_perf_data": False,  # ~16 MB per busy core-second; the folded stacks are kept
+    "out": None,  # where the flamegraph SVGs go (bench/run.py's --out); None: the workdir
     "build": True,
     "workdir": None,
     "partial_out": None,  # rewritten after each target with the results so far
     "topology_prefix": None,
 }
-QUICK = {"trial_s": 2, "search_steps": 4, "latency_s": 3, "search_precision": 0.06}
+QUICK = {"trial_s": 2, "search_steps": 4, "latency_s": 3, "search_precision": 0.06,
+         "cost_s": 3, "profile_s": 3}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -445,28 +475,6 @@ def latency(cfg, topo, target, upstream, qfile, workdir) -> dict:
     }
 
 
-def profile(cfg, topo, target, upstream, qfile, rate, workdir) -> dict:
-    """perf record -g on neuwerk while dnsperf drives it at `rate`; top symbols."""
-    c.ensure_packages([("perf", "linux-perf")])
-    data = Path(workdir) / f"perf-{target.name}-{target.rules}.data"
-    with c.machine_lock("dns profile"):
-        perf = subprocess.Popen(
-            ["perf", "record", "-F", "999", "-g", "-o", str(data), "-p", str(target.pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        c.run_measured(topo.client,
-                       _dnsperf(cfg, topo, target.server, qfile, cfg["profile_s"], rate),
-                       "dnsperf", timeout=cfg["profile_s"] + 60)
-        c.stop_process(perf, sig=2, timeout=30)
-    rep = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol",
-         "--stdio", "-g", "none", "--percent-limit", "0.7"],
-        capture_output=True, text=True)
-    top = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")][:40]
-    (Path(workdir) / f"perf-{target.name}-{target.rules}.txt").write_text(rep.stdout)
-    return {"data": str(data), "rate": int(rate), "top": top}
-
-
 def upstream_capacity(cfg, topo, upstream, qfile) -> dict:
     """The synthetic upstream measured directly inside its own namespace (dnsperf on lo side)."""
     before = upstream.queries()
@@ -503,7 +511,363 @@ def _versions():
     }
 
 
+# --------------------------------------------------------------------------- per-query cost
+
+
+def _label(name, rules):
+    return name + (f" ({rules} rules)" if rules else "")
+
+
+def _slug(name, rules):
+    return name + (f"-{rules}" if rules else "")
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:2000]
+
+
+def _attempt(fn, *args) -> dict:
+    """fn(*args), or {"error": ...}: one failed window must not cost the others their figures."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001
+        c.log(f"  {fn.__name__} failed: {_error(e)}")
+        return {"error": _error(e)}
+
+
+def cost_rate(cfg, targets) -> dict:
+    """The one rate every target's per-query cost is measured at: below all their capacities,
+    since per-query figures change with load (batching, wake-ups)."""
+    if cfg["cost_rate"]:
+        return {"qps": int(cfg["cost_rate"]), "basis": "fixed by configuration"}
+    maxes = {_label(t["target"], t["rules"]): t["max_qps"]["qps"] for t in targets
+             if t["target"] in cfg["cost_targets"] and (t.get("max_qps") or {}).get("qps")}
+    if not maxes:
+        return {"qps": int(cfg["cost_rate_fallback"]), "basis": "fixed: no max qps measured"}
+    low = min(maxes, key=maxes.get)
+    share = cfg["cost_rate_share"]
+    return {"qps": int(round(share * maxes[low], -2)),
+            "basis": f"{share:.0%} of the lowest max qps in this run, {low}'s {maxes[low]:,}"}
+
+
+def _profiled(cfg, res) -> bool:
+    """neuwerk is profiled at its largest rule count only: 10 and 100k rules perform alike."""
+    if res["target"] not in cfg["profile_targets"]:
+        return False
+    return res["target"] != "neuwerk" or res["rules"] == max(cfg["rules"])
+
+
+def per_query_cost(cfg, topo, upstream, qfile, workdir, res, rate) -> dict:
+    """CPU and syscalls per answered query of one target at `rate`, and its profile if asked.
+    Each window gets a fresh target: the same state for all, and no periodic map walk
+    (neuwerk counts its maps every 30 s, a syscall per grant) inside a window."""
+    name, rules = res["target"], res["rules"]
+    tw = workdir / (_slug(name, rules) + "-cost")
+    windows = [("cpu", cpu_window), ("syscalls", syscall_window)]
+    if cfg["profile"] and _profiled(cfg, res):
+        windows.append(("profile", profile))
+    cost = {"rate": rate}
+    for key, window in windows:
+        c.log(f"{_label(name, rules)}: {key} at {rate} qps")
+        target = Target(name, topo, tw, rules)
+        with c.machine_lock(f"dns {key} {name}"):
+            try:
+                target.start()
+                time.sleep(1)  # let start-up work (policy compile, first map count) finish
+                cost[key] = _attempt(window, cfg, topo, target, upstream, qfile, rate, tw)
+            except Exception as e:  # noqa: BLE001  (the target did not start)
+                cost[key] = {"error": _error(e)}
+            finally:
+                target.stop()
+    return cost
+
+
+def _answered(cp) -> tuple:
+    s = _dnsperf_stats(cp.stdout)
+    if s["completed"] is None:
+        raise RuntimeError(f"dnsperf failed: {cp.stdout[-1500:]}{cp.stderr[-1500:]}")
+    return s, max(s["completed"], 1)
+
+
+def cpu_window(cfg, topo, target, upstream, qfile, rate, _tw) -> dict:
+    """Process CPU time over queries answered, with nothing attached to the target (perf's
+    tracing costs ~0.2 us per syscall, which would be charged to it)."""
+    argv = _dnsperf(cfg, topo, target.server, qfile, cfg["cost_s"], rate)
+    watch = {"upstream": upstream.pid, target.name: target.pid}
+    cp, cpu, _ = _measure(cfg, topo, argv, upstream, watch, cfg["cost_s"] + 60,
+                          f"dns cpu {target.name}")
+    s, answered = _answered(cp)
+    cpu_s = cpu["procs"][target.name]["cpu_s"]
+    return {"queries": s["completed"], "qps": s["qps"], "lost": s["lost"], "cpu_s": cpu_s,
+            "cores": cpu["procs"][target.name]["cores"],
+            "us_per_query": round(cpu_s / answered * 1e6, 2), "disturbed": cpu["disturbed"]}
+
+
+class PerfControl:
+    """A perf command (stat or record) attached to a process but started disabled (-D -1), then
+    switched on and off over a control FIFO that acknowledges: what it counts or samples is
+    exactly the load's window, with no idle time around it, and a slow attach cannot miss
+    the start of the load (as a fixed head start could)."""
+
+    def __init__(self, argv, workdir, log):
+        self.ctl, self.ack = Path(workdir) / "perf.ctl", Path(workdir) / "perf.ack"
+        for f in (self.ctl, self.ack):
+            f.unlink(missing_ok=True)
+            os.mkfifo(f)
+        argv = argv[:2] + ["-D", "-1", "--control", f"fifo:{self.ctl},{self.ack}"] + argv[2:]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=out)
+        self.ack_fd = self.ctl_fd = None
+        try:
+            self._open_fifos()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _open_fifos(self):
+        # Non-blocking opens, so a perf that dies early is noticed instead of waited for.
+        self.ack_fd = os.open(self.ack, os.O_RDONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + 60
+        while self.ctl_fd is None:
+            try:
+                self.ctl_fd = os.open(self.ctl, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: perf has not opened it yet
+                    raise
+                self._alive(deadline)
+                time.sleep(0.02)
+
+    def _alive(self, deadline):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.proc.args[:2]} exited ({self.proc.returncode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{self.proc.args[:2]} did not answer on its control FIFO")
+
+    def command(self, cmd):
+        """Sends cmd ("enable" or "disable"); returns once perf has acknowledged it."""
+        os.write(self.ctl_fd, cmd.encode() + b"\n")
+        got, deadline = b"", time.monotonic() + 60
+        while b"ack" not in got:
+            try:
+                chunk = os.read(self.ack_fd, 64)
+            except BlockingIOError:
+                chunk = b""
+            got += chunk
+            if not chunk:
+                self._alive(deadline)
+                time.sleep(0.01)
+
+    def stop(self):
+        """SIGINT: perf stat prints its counts, perf record writes its data out."""
+        c.stop_process(self.proc, sig=signal.SIGINT, timeout=120)
+        for fd in (self.ctl_fd, self.ack_fd):
+            if fd is not None:
+                os.close(fd)
+        for f in (self.ctl, self.ack):
+            f.unlink(missing_ok=True)
+
+
+def _drive(cfg, topo, target, qfile, seconds, rate):
+    """dnsperf against the target at `rate` for `seconds` -> its CompletedProcess."""
+    cp, _ = c.run_measured(topo.client, _dnsperf(cfg, topo, target.server, qfile, seconds, rate),
+                           "dnsperf", timeout=seconds + 60)
+    return cp
+
+
+def _perf_window(argv, workdir, log, load):
+    """load() while perf (argv) counts or samples, and only then."""
+    perf = PerfControl(argv, workdir, log)
+    try:
+        perf.command("enable")
+        result = load()
+        perf.command("disable")
+    finally:
+        perf.stop()
+    return result
+
+
+def _ensure_tracefs():
+    """perf's tracepoints need tracefs; a fresh machine may not have it mounted."""
+    if not Path("/sys/kernel/tracing/events").exists():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
+
+
+def _perf_stat_counts(path) -> dict:
+    """Event -> count from `perf stat -x,` output ("<not counted>" events are left out)."""
+    counts = {}
+    for line in Path(path).read_text().splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit():
+            counts[f[2]] = int(f[0])
+    return counts
+
+
+# Syscalls also counted by name (each a tracepoint counter, as cheap as the total). perf trace -s
+# would name them all, but it handles every event in user space: on two cores that throttled
+# the load to a third of the rate. Whatever is not listed here is reported as "other".
+NAMED_SYSCALLS = ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "read",
+                  "write", "readv", "writev", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll",
+                  "ppoll", "io_uring_enter", "futex", "sched_yield", "nanosleep",
+                  "clock_nanosleep", "bpf", "mmap", "munmap", "madvise")
+
+
+def _syscall_events() -> list:
+    known = Path("/sys/kernel/tracing/events/syscalls")
+    return ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in NAMED_SYSCALLS
+                                         if (known / f"sys_enter_{n}").exists()]
+
+
+def syscall_window(cfg, topo, target, _upstream, qfile, rate, tw) -> dict:
+    """Syscalls over queries answered: perf stat counting the syscall-entry tracepoints of the
+    target's threads (inherited by threads started later), in total and by name."""
+    c.ensure_packages([("perf", "linux-perf")])
+    _ensure_tracefs()
+    stat_out = tw / "syscalls-perf-stat.csv"
+    argv = ["perf", "stat", "-x,", "-e", ",".join(_syscall_events()), "-o", str(stat_out),
+            "-p", str(target.pid)]
+    cp = _perf_window(argv, tw, tw / "perf-stat.out",
+                      lambda: _drive(cfg, topo, target, qfile, cfg["cost_s"], rate))
+    s, answered = _answered(cp)
+    counts = _perf_stat_counts(stat_out)
+    total = counts.pop("raw_syscalls:sys_enter", None)
+    if total is None:
+        raise RuntimeError(f"perf stat counted no syscalls: {stat_out}")
+    named = {k.rsplit("sys_enter_", 1)[1]: n for k, n in counts.items() if n}
+    by_name = dict(sorted(named.items(), key=lambda kv: -kv[1]))
+    by_name["other"] = total - sum(named.values())
+    return {"queries": s["completed"], "qps": s["qps"], "lost": s["lost"], "syscalls": total,
+            "per_query": round(total / answered, 2),
+            "by_name_per_query": {k: round(n / answered, 3) for k, n in by_name.items()}}
+
+
+def _tool(name):
+    """A cargo-installed tool: on PATH, or in cargo's bin directory (sudo may drop it from PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"))
+    return str(home / "bin" / name) if (home / "bin" / name).exists() else None
+
+
+_REPORT_ROW = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.+)$")
+
+
+def top_symbols(data, report_txt, n=10) -> dict:
+    """The n symbols with the most self time (perf report, no children)."""
+    rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort",
+                          "dso,symbol", "--stdio", "-g", "none", "--percent-limit", "0.3"],
+                         capture_output=True, text=True, timeout=600)
+    Path(report_txt).write_text(rep.stdout + rep.stderr)
+    rows = []
+    for line in rep.stdout.splitlines():
+        m = _REPORT_ROW.match(re.sub(r"\s+-\s+-\s*$", "", line))  # empty IPC columns
+        if m:
+            rows.append({"pct": float(m[1]), "dso": m[2], "kernel": m[3] == "k",
+                         "symbol": m[4].strip()})
+    event = re.search(r"of event '([^']+)'", rep.stdout)
+    return {"event": event[1] if event else None, "top": rows[:n]}
+
+
+def flamegraph(data, folded, svg, title) -> dict:
+    """perf script | inferno-collapse-perf | inferno-flamegraph -> svg. Kernel frames are
+    annotated (_[k]) so the palette tells them apart from the process's own."""
+    collapse, render = _tool("inferno-collapse-perf"), _tool("inferno-flamegraph")
+    if not (collapse and render):
+        raise RuntimeError("inferno is not installed (scripts/bench-deps.sh installs it)")
+    with open(folded, "w") as out:
+        script = subprocess.Popen(["perf", "script", "-i", str(data)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        subprocess.run([collapse, "--all"], stdin=script.stdout, stdout=out, check=True,
+                       timeout=900)
+        script.stdout.close()
+        script.wait(60)
+    with open(svg, "w") as out:
+        subprocess.run([render, "--colors", "java", "--deterministic", "--title", title,
+                        str(folded)], stdout=out, check=True, timeout=300)
+    return {"flamegraph": str(svg), "folded": str(folded)}
+
+
+def profile(cfg, topo, target, _upstream, qfile, rate, tw) -> dict:
+    """perf record of the target while dnsperf drives it at `rate`: top self-time symbols and
+    a flamegraph (call graphs: cfg["profile_call_graph"])."""
+    c.ensure_packages([("perf", "linux-perf")])
+    data = tw / "perf.data"
+    argv = ["perf", "record", "-F", str(cfg["profile_hz"]), "--call-graph",
+            cfg["profile_call_graph"], "-o", str(data), "-p", str(target.pid)]
+    cp = _perf_window(argv, tw, tw / "perf-record.out",
+                      lambda: _drive(cfg, topo, target, qfile, cfg["profile_s"], rate))
+    label = _label(target.name, target.rules)
+    load = _dnsperf_stats(cp.stdout)
+    res = {"rate": rate, "seconds": cfg["profile_s"], "hz": cfg["profile_hz"],
+           "call_graph": cfg["profile_call_graph"], "queries": load["completed"],
+           "qps": load["qps"]}
+    res |= top_symbols(data, tw / "perf-report.txt")
+    out_dir = Path(cfg["out"]) if cfg["out"] else tw
+    try:
+        res |= flamegraph(data, tw / "stacks.folded", out_dir / f"flame-{target.name}.svg",
+                          f"{label} at {rate:,} qps: perf record {cfg['profile_s']} s")
+    except Exception as e:  # noqa: BLE001  (the top symbols stand without it)
+        res["flamegraph_error"] = _error(e)
+    if not cfg["keep_perf_data"]:
+        data.unlink(missing_ok=True)
+    return res
+
+
 # --------------------------------------------------------------------------- run
+
+
+def measure_target(cfg, topo, upstream, qfile, workdir, name, rules) -> dict:
+    """Latency at a fixed rate on a fresh server, then the max-qps search; neuwerk's own
+    histograms over both."""
+    target = Target(name, topo, workdir / _slug(name, rules), rules)
+    # The machine is ours for the whole target (other benchmarks wait), so its figures are
+    # comparable with each other.
+    with c.machine_lock(f"dns {name}"):
+        try:
+            t_start = time.monotonic()
+            target.start()
+            res = {"target": name, "rules": rules, "server": target.server,
+                   "startup_s": round(time.monotonic() - t_start, 2)}
+            m0 = target.metrics()
+            res["latency"] = latency(cfg, topo, target, upstream, qfile, workdir)
+            m1 = target.metrics()
+            res["max_qps"] = max_qps(cfg, topo, target, upstream, qfile)
+            m2 = target.metrics()
+            if name == "neuwerk":
+                nm = _neuwerk_metrics(m0, m1, m2)
+                res["latency"]["server_side"] = nm.pop("server_side")
+                res |= nm
+        finally:
+            target.stop()
+    return res
+
+
+def _neuwerk_metrics(m0, m1, m2) -> dict:
+    """neuwerk's histograms over the latency batch (m0..m1) and the search (m1..m2)."""
+    base = "neuwerk_grant_commit_seconds"
+    learned = [s for s in m2 if s[0] == "neuwerk_grants_learned_total"]
+    errs = [s for s in m2 if s[0] == "neuwerk_dns_queries_total"
+            and s[1].get("result") in ("servfail", "error")]
+    return {
+        "server_side": {h: _server_hist(_hist_delta(m0, m1, h), h)
+                        for h in ("neuwerk_dns_duration_seconds",
+                                  "neuwerk_dns_upstream_duration_seconds")},
+        "grant_commit": {
+            "at_latency_rate": _grant_commit(_hist_delta(m0, m1, base)),
+            "during_max_qps_search": _grant_commit(_hist_delta(m1, m2, base)),
+            "bucket_note": "P50/P99 are given as the histogram bucket holding "
+                           "them: the true value lies in (lower, le] us",
+        },
+        "grants_learned_total": sum(s[2] for s in learned),
+        "servfail_or_error_total": sum(s[2] for s in errs),
+    }
+
+
+def _plan(cfg) -> list:
+    plan = []
+    for name in cfg["targets"]:
+        plan += [(name, r) for r in cfg["rules"]] if name == "neuwerk" else [(name, None)]
+    return plan
 
 
 def run(cfg=None) -> dict:
@@ -526,63 +890,33 @@ def run(cfg=None) -> dict:
     t0 = time.monotonic()
     out = {"kind": "dns", "config": cfg,
            "workdir": str(workdir), "versions": _versions(), "targets": []}
+
+    def save_partial():
+        if cfg.get("partial_out"):
+            Path(cfg["partial_out"]).write_text(json.dumps(out, indent=1, default=str))
+
     with c.Topology(cfg["topology_prefix"]) as topo:
         upstream = Upstream(topo, workdir, cfg["upstream_ttl"], cfg["upstream_threads"])
         try:
             c.log("upstream capacity (dnsperf inside the upstream namespace)")
             out["upstream_capacity"] = upstream_capacity(cfg, topo, upstream, qfile)
-            plan = []
-            for name in cfg["targets"]:
-                if name == "neuwerk":
-                    plan += [(name, r) for r in cfg["rules"]]
-                else:
-                    plan.append((name, None))
-            for name, rules in plan:
-                c.log(f"target {name}" + (f" ({rules} rules)" if rules else ""))
-                tw = workdir / (name + (f"-{rules}" if rules else ""))
-                target = Target(name, topo, tw, rules)
-                # The machine is ours for the whole target (other benchmarks wait), so its
-                # figures are comparable with each other.
-                lock = c.machine_lock(f"dns {name}")
-                lock.__enter__()
-                t_start = time.monotonic()
-                target.start()
-                res = {"target": name, "rules": rules, "server": target.server,
-                       "startup_s": round(time.monotonic() - t_start, 2)}
+            for name, rules in _plan(cfg):
+                c.log(f"target {_label(name, rules)}")
                 try:
-                    # Latency first, on a fresh server; then the throughput search.
-                    m0 = target.metrics()
-                    res["latency"] = latency(cfg, topo, target, upstream, qfile, workdir)
-                    m1 = target.metrics()
-                    res["max_qps"] = max_qps(cfg, topo, target, upstream, qfile)
-                    m2 = target.metrics()
-                    if name == "neuwerk":
-                        base = "neuwerk_grant_commit_seconds"
-                        res["latency"]["server_side"] = {
-                            h: _server_hist(_hist_delta(m0, m1, h), h)
-                            for h in ("neuwerk_dns_duration_seconds",
-                                      "neuwerk_dns_upstream_duration_seconds")
-                        }
-                        res["grant_commit"] = {
-                            "at_latency_rate": _grant_commit(_hist_delta(m0, m1, base)),
-                            "during_max_qps_search": _grant_commit(_hist_delta(m1, m2, base)),
-                            "bucket_note": "P50/P99 are given as the histogram bucket holding "
-                                           "them: the true value lies in (lower, le] us",
-                        }
-                        learned = [s for s in m2 if s[0] == "neuwerk_grants_learned_total"]
-                        res["grants_learned_total"] = sum(s[2] for s in learned)
-                        errs = [s for s in m2 if s[0] == "neuwerk_dns_queries_total"
-                                and s[1].get("result") in ("servfail", "error")]
-                        res["servfail_or_error_total"] = sum(s[2] for s in errs)
-                        if cfg["profile"] and res["max_qps"]["rate"]:
-                            res["profile"] = profile(cfg, topo, target, upstream, qfile,
-                                                     res["max_qps"]["rate"], tw)
-                finally:
-                    target.stop()
-                    lock.__exit__(None, None, None)
+                    res = measure_target(cfg, topo, upstream, qfile, workdir, name, rules)
+                except Exception as e:  # noqa: BLE001  (the other targets still get measured)
+                    c.log(f"target {_label(name, rules)} failed: {_error(e)}")
+                    res = {"target": name, "rules": rules, "error": _error(e)}
                 out["targets"].append(res)
-                if cfg.get("partial_out"):
-                    Path(cfg["partial_out"]).write_text(json.dumps(out, indent=1, default=str))
+                save_partial()
+            # Only now, with every max qps and latency measured, the per-query cost.
+            if cfg["cost"]:
+                out["cost_rate"] = cost_rate(cfg, out["targets"])
+                for res in out["targets"]:
+                    if res["target"] in cfg["cost_targets"] and not res.get("error"):
+                        res["cost"] = per_query_cost(cfg, topo, upstream, qfile, workdir, res,
+                                                     out["cost_rate"]["qps"])
+                        save_partial()
         finally:
             upstream.stop()
     out["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -593,12 +927,16 @@ def run(cfg=None) -> dict:
 def summary(out) -> list:
     rows = []
     for t in out["targets"]:
+        row = {"target": _label(t["target"], t["rules"])}
+        if t.get("error"):
+            rows.append(row | {"error": t["error"]})
+            continue
         m, lat = t.get("max_qps", {}), t.get("latency", {})
-        best_cpu = (m.get("best") or {}).get("cpu", {}).get("procs", {})
-        row = {
-            "target": t["target"] + (f" ({t['rules']} rules)" if t["rules"] else ""),
+        best = m.get("best") or {}
+        best_cpu = best.get("cpu", {}).get("procs", {})
+        row |= {
             "max_qps": m.get("qps"),
-            "upstream_per_query": (m.get("best") or {}).get("upstream_per_query"),
+            "upstream_per_query": best.get("upstream_per_query"),
             "p50_us": lat.get("p50_us"),
             "p99_us": lat.get("p99_us"),
             "cpu_at_max_pct": {k: v["pct"] for k, v in best_cpu.items()},
@@ -606,38 +944,71 @@ def summary(out) -> list:
             "disturbed_measurements": sum(
                 1 for tr in m.get("trials", []) + [lat] if tr.get("cpu", {}).get("disturbed")),
         }
+        own = best_cpu.get(t["target"], {}).get("cpu_s")
+        if own and best.get("completed"):
+            row["cpu_us_per_query_at_max"] = round(own / best["completed"] * 1e6, 2)
         gc = (t.get("grant_commit") or {}).get("at_latency_rate")
         if gc and gc.get("available") and gc.get("count"):
             row["grant_commit_p50_us"] = gc["p50_us"]
             row["grant_commit_p99_us"] = gc["p99_us"]
+        if "cost" in t:
+            row["cost"] = _cost_summary(t["cost"])
         rows.append(row)
     return rows
+
+
+def _cost_summary(cost) -> dict:
+    """The per-query figures of one target, and each window's error if it failed."""
+    cpu, sc, prof = cost.get("cpu", {}), cost.get("syscalls", {}), cost.get("profile")
+    # The lowest rate a window actually got answered: a row is at the fixed rate only if it held.
+    answered = [w["qps"] for w in (cpu, sc, prof) if isinstance(w, dict) and w.get("qps")]
+    row = {"rate": cost.get("rate"), "answered_qps": round(min(answered)) if answered else None,
+           "cpu_us_per_query": cpu.get("us_per_query"),
+           "syscalls_per_query": sc.get("per_query"),
+           "syscalls_by_name_per_query": sc.get("by_name_per_query"),
+           "errors": {k: w["error"] for k, w in cost.items()
+                      if isinstance(w, dict) and w.get("error")}}
+    if prof and not prof.get("error"):
+        row["profile"] = {k: prof.get(k) for k in ("rate", "qps", "seconds", "hz", "call_graph",
+                                                    "event", "top", "flamegraph")}
+        if prof.get("flamegraph_error"):
+            row["errors"]["flamegraph"] = prof["flamegraph_error"]
+    return row
 
 
 def _print_summary(out):
     print(f"upstream capacity (dnsperf inside the upstream ns): "
           f"{out['upstream_capacity']['qps']:.0f} qps")
     for r in out["summary"]:
+        if r.get("error"):
+            print(f"{r['target']:24} FAILED: {r['error']}")
+            continue
         gc = ""
         if "grant_commit_p50_us" in r:
             p50, p99 = r["grant_commit_p50_us"], r["grant_commit_p99_us"]
             gc = (f"  grant-commit p50 in ({p50['lower']},{p50['le']}] us"
                   f" p99 in ({p99['lower']},{p99['le']}] us")
+        cost = r.get("cost") or {}
+        if cost:
+            gc += (f"  at {cost['rate']} qps: {cost['syscalls_per_query']} syscalls/q,"
+                   f" {cost['cpu_us_per_query']} cpu us/q")
         print(f"{r['target']:24} max {r['max_qps'] or 0:>7} qps (up/q {r['upstream_per_query']})"
               f"  p50 {r['p50_us']} us p99 {r['p99_us']} us  cpu@max {r['cpu_at_max_pct']}{gc}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short trials (< ~3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="short trials and windows (about 5 minutes)")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--targets", help="comma list of direct,neuwerk,dnsdist,unbound")
     ap.add_argument("--rules", help="comma list of rule counts for neuwerk (default 10,100000)")
-    ap.add_argument("--profile", action="store_true", help="perf record neuwerk at its max rate")
+    ap.add_argument("--no-cost", action="store_true", help="skip syscalls/CPU per query and profiles")
+    ap.add_argument("--no-profile", action="store_true", help="skip perf record and flamegraphs")
     ap.add_argument("--no-build", action="store_true", help="use the binaries as built")
     ap.add_argument("--workdir")
     a = ap.parse_args(argv)
-    cfg = {"quick": a.quick, "profile": a.profile, "build": not a.no_build}
+    cfg = {"quick": a.quick, "cost": not a.no_cost, "profile": not a.no_profile,
+           "build": not a.no_build}
     if a.out:
         cfg["partial_out"] = a.out + ".partial"
     if a.targets:

@@ -28,10 +28,6 @@ def _median(summary, key, cfg):
     return r.get("median") if isinstance(r, dict) else r
 
 
-def _judge(ok):
-    return "met" if ok else "**missed**"
-
-
 def packet_section(p):
     s = p.get("summary", {})
     rows = [
@@ -88,9 +84,13 @@ def dns_section(d):
            "| target | max qps (<0.1% loss) | upstream queries / query | P50 µs | P99 µs | CPU at max qps |",
            "| --- | ---: | ---: | ---: | ---: | --- |"]
     for t in d.get("summary", []):
+        if t.get("error"):
+            out.append(f"| {t['target']} | **failed**: {_cell(t['error'])} | | | | |")
+            continue
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in (t.get("cpu_at_max_pct") or {}).items())
         out.append(f"| {t['target']} | {_fmt(t.get('max_qps'))} | {_fmt(t.get('upstream_per_query'))} | "
                    f"{_fmt(t.get('p50_us'))} | {_fmt(t.get('p99_us'))} | {cpu} |")
+    out += cost_section(d)
     gc = [t for t in d.get("summary", []) if t.get("grant_commit_p99_us")]
     if gc:
         out += ["", "Time from the upstream answer arriving to its grant being in the kernel map "
@@ -102,6 +102,98 @@ def dns_section(d):
     return out
 
 
+def _cell(text, n=300):
+    """Text that fits in one Markdown table cell."""
+    text = str(text).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def cost_section(d):
+    """Syscalls and CPU per query at one fixed rate: what explains the figures above."""
+    rows = [t for t in d.get("summary", []) if t.get("cost")]
+    if not rows:
+        return []
+    rate = d.get("cost_rate") or {}
+    secs = (d.get("config") or {}).get("cost_s")
+    out = ["", f"Cost per query answered, every target at the same {_fmt(rate.get('qps'))} qps "
+           f"({rate.get('basis', '')}); each window on a freshly started process, {secs} s: syscalls of "
+           "the target process (`perf stat -e raw_syscalls:sys_enter -p PID`, all threads; by name from "
+           "the `syscalls:sys_enter_<name>` counters of the same run) and its CPU time (utime + stime, all "
+           "threads, in a separate window without perf attached). Answered qps is the lowest any window got "
+           "answered (the fixed rate held only if it is close to it). CPU µs / query at max qps is from the "
+           "best max-qps trial above.", "",
+           "| target | answered qps | syscalls / query | CPU µs / query | CPU µs / query at max qps | syscalls / query by name |",
+           "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for t in rows:
+        cost = t["cost"]
+        names = ", ".join(f"{k} {v:.2f}" for k, v in (cost.get("syscalls_by_name_per_query") or {}).items()
+                          if v >= 0.005)  # what rounds to 0.00 explains nothing
+        errs = "; ".join(f"{k}: {_cell(v, 150)}" for k, v in (cost.get("errors") or {}).items())
+        if errs:
+            names = (names + " — " if names else "") + "**failed**: " + errs
+        out.append(f"| {t['target']} | {_fmt(cost.get('answered_qps'))} | "
+                   f"{_fmt(cost.get('syscalls_per_query'))} | {_fmt(cost.get('cpu_us_per_query'))} | "
+                   f"{_fmt(t.get('cpu_us_per_query_at_max'))} | {names} |")
+    return out
+
+
+def profiles_section(d):
+    """Each profiled target: its flamegraph and the symbols with the most self time."""
+    out = []
+    for t in d.get("summary", []):
+        prof = (t.get("cost") or {}).get("profile")
+        if not prof:
+            continue
+        svg = os.path.basename(prof["flamegraph"]) if prof.get("flamegraph") else None
+        out += ["", f"### {t['target']}", "",
+                (f"Flamegraph: [{svg}]({svg}). " if svg else "No flamegraph (see Errors). ")
+                + f"`perf record -F {prof.get('hz')} --call-graph {prof.get('call_graph')}` for {prof.get('seconds')} s "
+                f"at {_fmt(prof.get('rate'))} qps (answered {_fmt(prof.get('qps'))} qps). "
+                "Top symbols by self time (share of the process's samples):", "",
+                "| self % | symbol | where |", "| ---: | --- | --- |"]
+        for r in prof.get("top") or []:
+            where = "kernel" if r.get("kernel") else r.get("dso", "")
+            out.append(f"| {r['pct']:.1f} | `{_cell(r['symbol'], 100)}` | {where} |")
+    if not out:
+        return []
+    event = next((t["cost"]["profile"].get("event") for t in d.get("summary", [])
+                  if (t.get("cost") or {}).get("profile")), None)
+    head = ["## Profiles", "",
+            "The same fixed rate as the cost per query above, each target freshly started, after every other "
+            "DNS measurement (so profiling disturbs none of them)."]
+    if event and event.startswith("cpu-clock"):
+        # No hardware PMU (a VM): a timer interrupt samples, and it cannot fire while interrupts
+        # are off, so that time lands where they are re-enabled.
+        head[-1] += (f" Sampled by `{event}` (no hardware counters here): time spent with interrupts "
+                     "disabled is charged to where they are re-enabled, so `finish_task_switch` and "
+                     "`_raw_spin_unlock_irqrestore` mostly stand for context switches and wake-ups.")
+    return head + out
+
+
+def _missed(*why):
+    """A verdict: met, or missed and by how much (each reason says it)."""
+    why = [w for w in why if w]
+    return "**missed**: " + "; ".join(why) if why else "met"
+
+
+def _throughput_row(title, n, f, spread):
+    noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
+    verdict = _missed(n < 0.95 and f"{0.95 - n:.3f} short of 0.95",
+                      f is not None and n < f and f"{f - n:.3f} behind nftables ({n / f:.2f} × nftables)")
+    return f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f}{noise} | {verdict} |"
+
+
+def _grant_verdict(gc, target_us=50):
+    """The P99 lies in (lower, le]: met when le ≤ target; otherwise over by (lower - target,
+    le - target] µs (the buckets have a bound at the target, so lower ≥ target then)."""
+    le, lower = gc.get("le"), gc.get("lower", 0)
+    if le != "inf" and le <= target_us:
+        return "met"
+    if le == "inf":
+        return _missed(f"over by more than {lower - target_us:g} µs")
+    return _missed(f"over by {max(lower - target_us, 0):g}–{le - target_us:g} µs")
+
+
 def targets_section(s, d):
     def ratio(key, cfg):
         return _median(s, key, cfg)
@@ -109,29 +201,55 @@ def targets_section(s, d):
     for key, title in (("tcp_1_gbit_s_ratio", "TCP 1 stream"), ("tcp_4_gbit_s_ratio", "TCP 4 streams"),
                        ("udp_64_pps_ratio", "UDP 64-byte pps")):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
-        spread = s.get(key.replace("_ratio", "_baseline_spread"))
-        noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
         if n is not None:
-            rows.append(f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f}{noise} | "
-                        f"{_judge(n >= 0.95 and (f is None or n >= f))} |")
+            rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread"))))
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
-        rows.append(f"| busy-poll P99 added < 1 µs | {busy} µs (nftables {ratio('latency_busy_p99_us_added', 'nftables')} µs) | {_judge(busy < 1.0)} |")
-    summ = {t["target"]: t for t in d.get("summary", [])}
+        rows.append(f"| busy-poll P99 added < 1 µs | {busy} µs (nftables {ratio('latency_busy_p99_us_added', 'nftables')} µs) | "
+                    f"{_missed(busy >= 1.0 and f'{busy - 1.0:.2f} µs over')} |")
+    summ = {t["target"]: t for t in d.get("summary", []) if not t.get("error")}
     dd = summ.get("dnsdist", {}).get("max_qps")
     direct = summ.get("direct", {})
     for name, t in summ.items():
         if not name.startswith("neuwerk"):
             continue
+        q = t.get("max_qps") or 0
         if dd:
-            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(t.get('max_qps'))} vs {_fmt(dd)} | {_judge((t.get('max_qps') or 0) >= dd)} |")
+            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(q)} vs {_fmt(dd)} | "
+                        f"{_missed(q < dd and f'{q / dd:.2f} × dnsdist, {dd - q:,} qps short')} |")
         if direct.get("p99_us") and t.get("p99_us"):
             added = t["p99_us"] - direct["p99_us"]
-            rows.append(f"| DNS P99 added < 200 µs ({name}) | {_fmt(added)} µs | {_judge(added < 200)} |")
+            rows.append(f"| DNS P99 added < 200 µs ({name}) | {_fmt(added)} µs | "
+                        f"{_missed(added >= 200 and f'{added - 200:,.0f} µs over ({added / 200:.1f} × the budget)')} |")
         gc = t.get("grant_commit_p99_us")
         if gc:
-            rows.append(f"| grant in map P99 < 50 µs ({name}) | ≤ {gc.get('le')} µs (bucket ({gc.get('lower')}, {gc.get('le')}]) | {_judge(gc.get('le', 1e9) <= 50)} |")
+            rows.append(f"| grant in map P99 < 50 µs ({name}) | in ({gc.get('lower')}, {gc.get('le')}] µs "
+                        f"(the bucket that holds the percentile) | {_grant_verdict(gc)} |")
     return ["## Targets", "", "| target | measured | |", "| --- | --- | --- |"] + rows
+
+
+def errors(results):
+    """Every failure recorded in the results, as (where, message): a part that raised, a DNS
+    target that failed, a cost window or flamegraph that could not be made."""
+    found = []
+    for part in ("packet", "dns"):
+        r = results.get(part)
+        if isinstance(r, dict) and r.get("error"):
+            found.append((part, r["error"]))
+    for t in (results.get("dns") or {}).get("summary", []) or []:
+        if t.get("error"):
+            found.append((f"dns {t['target']}", t["error"]))
+        for k, v in ((t.get("cost") or {}).get("errors") or {}).items():
+            found.append((f"dns {t['target']} {k}", v))
+    return found
+
+
+def errors_section(results):
+    found = errors(results)
+    if not found:
+        return []
+    return (["## Errors", "", "Not measured, so missing above (the run exited non-zero):", ""]
+            + [f"- {where}: `{_cell(msg, 600)}`" for where, msg in found] + [""])
 
 
 def _cdf(ax, path, label):
@@ -157,7 +275,8 @@ def plots(results, out):
         return ["(matplotlib missing: no plots)"]
     made = []
     p = results.get("packet") or {}
-    for mode in ("busy", "default"):
+    # A part that did not run (--only) or failed gets no empty plots.
+    for mode in ("busy", "default") if p.get("configs") else ():
         fig, ax = plt.subplots(figsize=(7, 4))
         for c in CONFIGS:
             rounds = (p.get("configs", {}).get(c, {}) or {}).get("rounds") or []
@@ -175,6 +294,8 @@ def plots(results, out):
         plt.close(fig)
         made.append(name)
     d = results.get("dns") or {}
+    if not d.get("targets"):
+        return made
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in d.get("targets", []):
         lat = t.get("latency") or {}
@@ -200,12 +321,17 @@ def write(results, out):
              f"{meta.get('cpus', '')} CPUs ({meta.get('cpu_model', '')}){', quick mode' if meta.get('quick') else ''}. "
              "Client, firewall and upstream share these CPUs: ratios within this run count, absolute figures are context.", ""]
     s, d = {}, results.get("dns") or {}
-    if results.get("packet"):
+    if results.get("packet") and not results["packet"].get("error"):
         sec, s = packet_section(results["packet"])
         lines += sec + [""]
+    if d.get("error"):
+        d = {}
     if d:
         lines += dns_section(d) + [""]
-    lines += targets_section(s, d) + [""]
+    lines += targets_section(s, d) + [""] + errors_section(results)
+    prof = profiles_section(d) if d else []
+    if prof:
+        lines += prof + [""]
     made = plots(results, out)
     lines += ["## Plots", ""] + [f"![{m}]({m})" for m in made] + [""]
     with open(os.path.join(out, "results.md"), "w") as f:
