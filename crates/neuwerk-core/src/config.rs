@@ -10,7 +10,7 @@
 //!   min_ttl: 0s               # default 0s
 //!   max_ttl: 24h              # default 24h
 //!   deny_response: refused    # or nxdomain
-//!   workers: 0                # proxy threads; default 0: one per CPU
+//!   workers: 0                # proxy threads; default 0: half the CPUs, at least 1
 //! policy:
 //!   file: policy.yaml         # relative to the config file's directory
 //!   audit: false              # default false
@@ -92,7 +92,8 @@ pub struct DnsConfig {
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     pub deny_response: DenyResponse,
-    /// Proxy threads, each with its own sockets; 0 means one per CPU.
+    /// Proxy threads, each with its own sockets; 0 means half the CPUs
+    /// (at least one).
     pub workers: usize,
 }
 
@@ -346,7 +347,7 @@ fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
             .parse_with("a number of threads", |s| match s.parse::<usize>() {
                 Ok(n) if n <= MAX_DNS_WORKERS => Ok(n),
                 _ => Err(format!(
-                    "workers must be a number from 0 (one per CPU) to {MAX_DNS_WORKERS}, not `{s}`"
+                    "workers must be a number from 0 (automatic) to {MAX_DNS_WORKERS}, not `{s}`"
                 )),
             })?,
     };
