@@ -7,12 +7,12 @@
 //! `bpf_attr.batch` (include/uapi/linux/bpf.h), checked by a test.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use aya::{Ebpf, Pod};
 
 use crate::error::DataplaneError;
-use crate::stats::map_data;
+use crate::stats::dup_map_fd;
 
 /// `enum bpf_cmd` value of BPF_MAP_DELETE_BATCH.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -41,15 +41,9 @@ impl BatchDelete {
     /// A handle on `name` through a duplicated fd (call before the map is
     /// taken from `ebpf`).
     pub(crate) fn open(ebpf: &Ebpf, name: &'static str) -> Result<BatchDelete, DataplaneError> {
-        let fd = map_data(ebpf, name)?
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DataplaneError::Io {
-                what: "duplicating a map fd",
-                source,
-            })?;
-        Ok(BatchDelete { fd })
+        Ok(BatchDelete {
+            fd: dup_map_fd(ebpf, name)?,
+        })
     }
 
     /// Deletes every key of `keys` that is in the map; keys that are not

@@ -12,7 +12,7 @@
 //!   the grants. Call it from a background task every few seconds, never
 //!   per scrape; [`Dataplane::map_usage`] reports the last count.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -96,10 +96,7 @@ pub(crate) struct Stats {
 }
 
 /// The kernel's description of a map, before it is taken from `ebpf`.
-pub(crate) fn map_data<'a>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<&'a MapData, DataplaneError> {
+fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, DataplaneError> {
     match ebpf.map(name).ok_or(DataplaneError::MissingMap(name))? {
         Map::Array(m)
         | Map::PerCpuArray(m)
@@ -118,20 +115,24 @@ fn capacity(ebpf: &Ebpf, name: &'static str) -> Result<u32, DataplaneError> {
     Ok(info.max_entries())
 }
 
-/// A second handle on a hash map, through a duplicated fd.
-fn second_handle<K: Pod, V: Pod>(
-    ebpf: &Ebpf,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, DataplaneError> {
-    let fd = map_data(ebpf, name)?
+/// A duplicate of the fd of map `name` (call before the map is taken).
+pub(crate) fn dup_map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, DataplaneError> {
+    map_data(ebpf, name)?
         .fd()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|source| DataplaneError::Io {
             what: "duplicating a map fd",
             source,
-        })?;
-    let data = MapData::from_fd(fd).map_err(DataplaneError::map(name))?;
+        })
+}
+
+/// A second handle on a hash map, through a duplicated fd.
+fn second_handle<K: Pod, V: Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    let data = MapData::from_fd(dup_map_fd(ebpf, name)?).map_err(DataplaneError::map(name))?;
     let map = Map::from_map_data(data).map_err(DataplaneError::map(name))?;
     HashMap::try_from(map).map_err(DataplaneError::map(name))
 }
