@@ -130,9 +130,8 @@ impl<B: GrantBackend> GrantStore<B> {
         let mut touched: Vec<Key> = Vec::with_capacity(EXPIRE_BATCH);
         let mut expired = 0;
         while expired < EXPIRE_BATCH {
-            match inner.deadlines.first() {
-                Some(first) if first.0 <= now_ns => {}
-                _ => break,
+            if inner.deadlines.first().is_none_or(|d| d.0 > now_ns) {
+                break;
             }
             let Some((expires_ns, network, addr, hostname)) = inner.deadlines.pop_first() else {
                 break;
