@@ -5,9 +5,18 @@
 //! under the inactive generation, then one write to `nw_state` flips the
 //! generation every packet reads, then the old rows are deleted. A packet
 //! sees either the old policy or the new one, never a mixture.
+//!
+//! Three locks, always taken in this order and each held briefly except
+//! the first: the maps lock (policy tables, conntrack; a swap holds it for
+//! its whole write), the grant store's lock (a reload's connection check
+//! takes it under the maps lock), and the interning lock (network and
+//! port set ids, the port set rows). A grant write takes only the last,
+//! so learning never waits for a swap's table writes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
@@ -17,7 +26,8 @@ use neuwerk_core::config::ConntrackConfig;
 use neuwerk_core::grants::{GrantBackend, GrantEntry, GrantError};
 
 use crate::batch::BatchDelete;
-use neuwerk_core::policy::Policy;
+use crate::grant_map::{GrantMap, Slots};
+use neuwerk_core::policy::{Policy, PortSet};
 
 use crate::addr::{addr_bytes, addr_from_bytes};
 use crate::compile::{compile, NetIds, NetNames, Tables};
@@ -52,23 +62,80 @@ pub struct Connection {
 struct Maps {
     networks: LpmTrie<MapData, abi::NetPrefix, abi::NetValue>,
     rules: LpmTrie<MapData, abi::RulePrefix, abi::RuleValue>,
-    portsets: Array<MapData, abi::PortSet>,
-    grants: HashMap<MapData, abi::GrantKey, abi::GrantValue>,
     conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
     local: HashMap<MapData, abi::LocalKey, u8>,
     state: Array<MapData, abi::State>,
-    ids: NetIds,
-    interner: Interner,
     /// Generation of the rows in force.
     gen: u32,
     /// Keys of the rows in force, deleted after the next swap.
     live: RowKeys,
 }
 
+/// Distinct port sets whose ids a grant write finds without converting
+/// them; past this the cache starts over (a policy has few).
+const PORTSET_CACHE_MAX: usize = 1024;
+
+/// What policy swaps and grant writes share: ids of networks and port
+/// sets, and the port set rows, which are in the kernel before their id is
+/// visible to anyone (so before any grant or rule can name it).
+struct Interned {
+    ids: NetIds,
+    interner: Interner,
+    portsets: Array<MapData, abi::PortSet>,
+    /// Port set -> its ids. Ids are content-interned and never reused, so
+    /// an entry never goes stale.
+    cache: std::collections::HashMap<PortSet, Box<[u32]>, RandomState>,
+}
+
+impl Interned {
+    /// Compiles `policy`, assigning ids, and writes the port set rows it
+    /// adds.
+    fn compile(&mut self, policy: &Policy) -> Result<Tables, DataplaneError> {
+        let tables = compile(policy, &mut self.ids, &mut self.interner)?;
+        self.write_portsets(&tables.fresh_portsets)?;
+        Ok(tables)
+    }
+
+    fn write_portsets(&mut self, fresh: &[(u32, abi::PortSet)]) -> Result<(), DataplaneError> {
+        for (id, ps) in fresh {
+            self.portsets
+                .set(*id, ps, 0)
+                .map_err(DataplaneError::map("nw_portsets"))?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each id of `ps`, interning it (and writing its new
+    /// rows) if needed. A known set costs a hash lookup, no allocation.
+    fn each_portset_id(
+        &mut self,
+        ps: &PortSet,
+        mut f: impl FnMut(u32),
+    ) -> Result<(), DataplaneError> {
+        if let Some(ids) = self.cache.get(ps) {
+            ids.iter().for_each(|&id| f(id));
+            return Ok(());
+        }
+        let mut fresh = Vec::new();
+        let ids = self.interner.ids_for(ps, &mut fresh)?;
+        self.write_portsets(&fresh)?;
+        ids.iter().for_each(|&id| f(id));
+        if self.cache.len() >= PORTSET_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(ps.clone(), ids.into_boxed_slice());
+        Ok(())
+    }
+}
+
 /// The loaded, attached dataplane.
 pub struct Dataplane {
-    /// Every map userspace writes, and what it wrote.
+    /// Policy tables, conntrack and listeners, and what was written to them.
     maps: Mutex<Maps>,
+    /// Ids and port set rows, shared by policy swaps and grant writes.
+    interned: Mutex<Interned>,
+    /// Grant writes, made without either lock (see [`GrantMap`]).
+    grants: GrantMap,
     /// Counters and second handles, read without the maps lock.
     stats: Stats,
     /// Batch deletions from the grant map (expiry).
@@ -116,18 +183,22 @@ impl Dataplane {
         let maps = Maps {
             networks: take(&mut ebpf, "nw_networks")?,
             rules: take(&mut ebpf, "nw_rules")?,
-            portsets: take(&mut ebpf, "nw_portsets")?,
-            grants: take(&mut ebpf, "nw_grants")?,
             conntrack: take(&mut ebpf, "nw_conntrack")?,
             local: take(&mut ebpf, "nw_local")?,
             state: take(&mut ebpf, "nw_state")?,
-            ids,
-            interner: Interner::default(),
             gen: 0,
             live: RowKeys::default(),
         };
+        let interned = Interned {
+            ids,
+            interner: Interner::default(),
+            portsets: take(&mut ebpf, "nw_portsets")?,
+            cache: Default::default(),
+        };
         let dp = Dataplane {
             maps: Mutex::new(maps),
+            interned: Mutex::new(interned),
+            grants: GrantMap::new(take(&mut ebpf, "nw_grants")?),
             stats,
             grant_delete,
             names,
@@ -146,6 +217,11 @@ impl Dataplane {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The interning lock: never hold it while taking the maps lock.
+    fn interned(&self) -> MutexGuard<'_, Interned> {
+        self.interned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -157,12 +233,11 @@ impl Dataplane {
 
     /// Rows userspace has written: (networks, rules, port sets) in force.
     pub(crate) fn written_rows(&self) -> (u64, u64, u64) {
-        let m = self.lock();
-        (
-            m.live.nets.len() as u64,
-            m.live.rules.len() as u64,
-            u64::from(m.interner.len()),
-        )
+        let (nets, rules) = {
+            let m = self.lock();
+            (m.live.nets.len() as u64, m.live.rules.len() as u64)
+        };
+        (nets, rules, u64::from(self.interned().interner.len()))
     }
 
     pub(crate) fn take_event_ring(&self) -> Option<RingBuf<MapData>> {
@@ -194,14 +269,11 @@ impl Dataplane {
     /// Swaps in `policy` atomically (see the module doc). On error the old
     /// policy stays in force and nothing of the new one remains.
     pub fn apply_policy(&self, policy: &Policy) -> Result<(), DataplaneError> {
+        // The maps lock serializes swaps; grant writes wait only for the
+        // compile, not for the table writes.
         let mut guard = self.lock();
         let m = &mut *guard;
-        let tables = compile(policy, &mut m.ids, &mut m.interner)?;
-        for (id, ps) in &tables.fresh_portsets {
-            m.portsets
-                .set(*id, ps, 0)
-                .map_err(DataplaneError::map("nw_portsets"))?;
-        }
+        let tables = self.interned().compile(policy)?;
         let next = m.gen ^ 1;
         let mut written = RowKeys::default();
         if let Err(e) = write_generation(m, &tables, next, &mut written) {
@@ -314,73 +386,51 @@ fn delete_rows(m: &mut Maps, keys: &RowKeys) {
 }
 
 impl GrantBackend for Dataplane {
+    /// Ids are looked up (and new port sets interned and written) under the
+    /// interning lock; the grant itself is written after it is released.
+    /// The caller orders writes of one key (the grant store makes every
+    /// call under its lock).
     fn write(
         &self,
         network: &str,
         addr: IpAddr,
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError> {
-        let mut guard = self.lock();
-        let m = &mut *guard;
         let backend = |reason: String| GrantError::Backend { addr, reason };
-        let net_id = m
-            .ids
-            .get(network)
-            .ok_or_else(|| GrantError::UnknownNetwork(network.into()))?;
-        let mut fresh = Vec::new();
-        let mut slots: Vec<abi::GrantSlot> = Vec::with_capacity(entries.len());
-        for e in entries {
-            let ids = m
-                .interner
-                .ids_for(e.ports, &mut fresh)
-                .map_err(|e| backend(e.to_string()))?;
-            for portset in ids {
-                match slots.iter_mut().find(|s| s.portset == portset) {
-                    Some(s) => s.expires_ns = s.expires_ns.max(e.expires_ns),
-                    None => slots.push(abi::GrantSlot {
-                        expires_ns: e.expires_ns,
-                        portset,
-                        reserved: 0,
-                    }),
-                }
+        let (net_id, slots) = {
+            let mut g = self.interned();
+            let net_id = g
+                .ids
+                .get(network)
+                .ok_or_else(|| GrantError::UnknownNetwork(network.into()))?;
+            let mut slots = Slots::default();
+            for e in entries {
+                g.each_portset_id(e.ports, |id| slots.add(id, e.expires_ns))
+                    .map_err(|e| backend(e.to_string()))?;
             }
-        }
-        for (id, ps) in &fresh {
-            m.portsets
-                .set(*id, ps, 0)
-                .map_err(|e| backend(e.to_string()))?;
-        }
-        // More distinct port sets than slots: the longest-lived ones win.
-        slots.sort_unstable_by_key(|s| std::cmp::Reverse(s.expires_ns));
-        let mut value = abi::GrantValue::default();
-        for (dst, src) in value.slots.iter_mut().zip(&slots) {
-            *dst = *src;
-        }
+            (net_id, slots)
+        };
         let key = abi::GrantKey {
             net_id,
             addr: addr_bytes(addr),
         };
-        m.grants
-            .insert(key, value, 0)
-            .map_err(|e| backend(e.to_string()))
+        self.grants
+            .update(&key, &slots.into_value())
+            .map_err(|e| backend(format!("updating nw_grants: {e}")))
     }
 
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
-        let mut m = self.lock();
-        let Some(net_id) = m.ids.get(network) else {
+        let Some(net_id) = self.interned().ids.get(network) else {
             return Ok(());
         };
         let key = abi::GrantKey {
             net_id,
             addr: addr_bytes(addr),
         };
-        match m.grants.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(GrantError::Backend {
-                addr,
-                reason: e.to_string(),
-            }),
-        }
+        self.grants.delete(&key).map_err(|e| GrantError::Backend {
+            addr,
+            reason: format!("deleting from nw_grants: {e}"),
+        })
     }
 
     /// One syscall for the lot (keys of unknown networks have no entry).
@@ -389,11 +439,11 @@ impl GrantBackend for Dataplane {
             return Ok(());
         };
         let batch: Vec<abi::GrantKey> = {
-            let m = self.lock();
+            let g = self.interned();
             keys.iter()
                 .filter_map(|&(network, addr)| {
                     Some(abi::GrantKey {
-                        net_id: m.ids.get(network)?,
+                        net_id: g.ids.get(network)?,
                         addr: addr_bytes(addr),
                     })
                 })

@@ -17,6 +17,7 @@ pub mod compile;
 pub mod dataplane;
 pub mod error;
 pub mod events;
+mod grant_map;
 pub mod loader;
 pub mod portsets;
 pub mod stats;

@@ -86,7 +86,7 @@ pub(crate) struct Stats {
     counters: PerCpuArray<MapData, u64>,
     net_stats: PerCpuArray<MapData, abi::NetStats>,
     events_lost: PerCpuArray<MapData, u64>,
-    /// Second handles (duplicated fds) on the maps the maps lock guards.
+    /// Second handles (duplicated fds) on the grant and conntrack maps.
     grants: HashMap<MapData, abi::GrantKey, abi::GrantValue>,
     conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
     /// Last counts by [`Dataplane::count_entries`].

@@ -7,9 +7,11 @@
 //! The deadline index follows mini-redis's db.rs: an ordered set of
 //! (deadline, key) that a purge walks from the front.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
 
 use super::{Grant, GrantBackend, GrantEntry, GrantError, GrantSink};
 use crate::policy::PortSet;
@@ -29,9 +31,20 @@ type Key = (Arc<str>, IpAddr);
 /// at most about 20 µs.
 const EXPIRE_BATCH: usize = 64;
 
+/// Up to this many grants per learn, touched keys are de-duplicated by a
+/// scan of the batch (no allocation); larger batches use a set, so that an
+/// answer with thousands of addresses is not quadratic under the lock.
+const SCAN_DEDUP_MAX: usize = 32;
+
+/// Entries of one key passed to the backend from the stack; most addresses
+/// are held for a single name.
+const INLINE_ENTRIES: usize = 4;
+
 #[derive(Default)]
 struct Inner {
-    held: HashMap<Key, Vec<HeldGrant>>,
+    /// Addresses come from DNS answers: a fast hasher, but seeded, so that
+    /// outsiders cannot pick colliding keys.
+    held: HashMap<Key, Vec<HeldGrant>, RandomState>,
     /// (deadline, network, address, hostname) of every held grant.
     deadlines: BTreeSet<(u64, Arc<str>, IpAddr, Arc<str>)>,
 }
@@ -65,46 +78,19 @@ impl<B: GrantBackend> GrantStore<B> {
 
     /// Records grants and writes every touched (network, address) to the
     /// backend. A grant for a name already held keeps the later deadline.
+    ///
+    /// Every backend call is made under the store's lock, here and in
+    /// expiry and retain: writes of one key reach the kernel in the order
+    /// their state was decided, and the backend needs no lock of its own
+    /// for that.
     pub fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
         let mut inner = self.lock();
-        let mut touched: Vec<Key> = Vec::with_capacity(grants.len());
         for g in grants {
-            let key = (g.network.clone(), g.addr);
-            let list = inner.held.entry(key.clone()).or_default();
-            let (old, expires) = match list.iter_mut().find(|h| h.hostname == g.hostname) {
-                Some(h) => {
-                    let old = h.expires_ns;
-                    h.expires_ns = h.expires_ns.max(g.expires_ns);
-                    h.ports = g.ports.clone();
-                    (Some(old), h.expires_ns)
-                }
-                None => {
-                    list.push(HeldGrant {
-                        hostname: g.hostname.clone(),
-                        ports: g.ports.clone(),
-                        expires_ns: g.expires_ns,
-                    });
-                    (None, g.expires_ns)
-                }
-            };
-            if old != Some(expires) {
-                if let Some(old) = old {
-                    inner
-                        .deadlines
-                        .remove(&(old, g.network.clone(), g.addr, g.hostname.clone()));
-                }
-                inner
-                    .deadlines
-                    .insert((expires, g.network.clone(), g.addr, g.hostname.clone()));
-            }
-            if !touched.contains(&key) {
-                touched.push(key);
-            }
+            inner.record(g);
         }
-        for key in &touched {
-            write_key(&self.backend, &inner, key)?;
-        }
-        Ok(())
+        each_key_once(grants, |g| {
+            write_key(&self.backend, &inner, &(g.network.clone(), g.addr))
+        })
     }
 
     /// Drops every grant whose deadline is at or before `now_ns` and returns
@@ -278,20 +264,90 @@ impl<B: GrantBackend> GrantStore<B> {
     }
 }
 
+impl Inner {
+    /// Records one grant: a new name on its key, or a later deadline or
+    /// other ports for a name already held.
+    fn record(&mut self, g: &Grant) {
+        let Inner { held, deadlines } = self;
+        let list = held.entry((g.network.clone(), g.addr)).or_default();
+        match list.iter_mut().find(|h| h.hostname == g.hostname) {
+            Some(h) => {
+                // Compared first: an unchanged set (the usual case) is not
+                // reallocated.
+                if h.ports != g.ports {
+                    h.ports = g.ports.clone();
+                }
+                if g.expires_ns > h.expires_ns {
+                    // One tuple serves to find the old deadline and, moved,
+                    // as the new one.
+                    let mut d = (h.expires_ns, g.network.clone(), g.addr, h.hostname.clone());
+                    deadlines.remove(&d);
+                    d.0 = g.expires_ns;
+                    deadlines.insert(d);
+                    h.expires_ns = g.expires_ns;
+                }
+            }
+            None => {
+                list.push(HeldGrant {
+                    hostname: g.hostname.clone(),
+                    ports: g.ports.clone(),
+                    expires_ns: g.expires_ns,
+                });
+                deadlines.insert((g.expires_ns, g.network.clone(), g.addr, g.hostname.clone()));
+            }
+        }
+    }
+}
+
+/// Calls `f` for the first grant of each distinct (network, address) of
+/// `grants`, in order; stops at the first error.
+fn each_key_once(
+    grants: &[Grant],
+    mut f: impl FnMut(&Grant) -> Result<(), GrantError>,
+) -> Result<(), GrantError> {
+    if grants.len() <= SCAN_DEDUP_MAX {
+        for (i, g) in grants.iter().enumerate() {
+            let seen = grants[..i]
+                .iter()
+                .any(|e| e.addr == g.addr && e.network == g.network);
+            if !seen {
+                f(g)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut seen: HashSet<(&str, IpAddr), RandomState> =
+        HashSet::with_capacity_and_hasher(grants.len(), RandomState::default());
+    for g in grants {
+        if seen.insert((&g.network, g.addr)) {
+            f(g)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the complete state of one key; an emptied key is removed.
 fn write_key<B: GrantBackend>(backend: &B, inner: &Inner, key: &Key) -> Result<(), GrantError> {
-    match inner.held.get(key) {
-        Some(list) if !list.is_empty() => {
-            let entries: Vec<GrantEntry<'_>> = list
-                .iter()
-                .map(|h| GrantEntry {
-                    ports: &h.ports,
-                    expires_ns: h.expires_ns,
-                })
-                .collect();
-            backend.write(&key.0, key.1, &entries)
+    let list = match inner.held.get(key) {
+        Some(list) if !list.is_empty() => list,
+        _ => return backend.remove(&key.0, key.1),
+    };
+    fn entry(h: &HeldGrant) -> GrantEntry<'_> {
+        GrantEntry {
+            ports: &h.ports,
+            expires_ns: h.expires_ns,
         }
-        _ => backend.remove(&key.0, key.1),
+    }
+    if list.len() <= INLINE_ENTRIES {
+        // Filled past the end with copies of the last entry (an array has
+        // no empty value); only the first `len` are passed.
+        let last = list.len() - 1;
+        let buf: [GrantEntry<'_>; INLINE_ENTRIES] =
+            std::array::from_fn(|i| entry(&list[i.min(last)]));
+        backend.write(&key.0, key.1, &buf[..list.len()])
+    } else {
+        let entries: Vec<GrantEntry<'_>> = list.iter().map(entry).collect();
+        backend.write(&key.0, key.1, &entries)
     }
 }
 

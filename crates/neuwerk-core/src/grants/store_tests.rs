@@ -9,6 +9,7 @@ type Written = HashMap<(String, IpAddr), Vec<(PortSet, u64)>>;
 #[derive(Default)]
 struct Recorder {
     map: Mutex<Written>,
+    writes: std::sync::atomic::AtomicUsize,
 }
 
 impl GrantBackend for Recorder {
@@ -23,6 +24,8 @@ impl GrantBackend for Recorder {
             .map(|e| (e.ports.clone(), e.expires_ns))
             .collect();
         self.map.lock().unwrap().insert((network.into(), addr), v);
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
@@ -172,4 +175,61 @@ fn counts_live_grants_per_network() {
     assert_eq!(s.count_by_network(50), vec![(Arc::from("clients"), 2)]);
     assert_eq!(s.count_by_network(200), vec![(Arc::from("clients"), 1)]);
     assert!(s.count_by_network(300).is_empty());
+}
+
+fn writes(s: &GrantStore<Recorder>) -> usize {
+    s.backend()
+        .writes
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn each_touched_address_is_written_once_per_learn() {
+    // Small batches are de-duplicated by a scan, large ones by a set.
+    for n in [3, 2 * SCAN_DEDUP_MAX] {
+        let s = GrantStore::new(Recorder::default());
+        let grants: Vec<Grant> = (0..n)
+            .flat_map(|i| {
+                let addr = format!("10.1.0.{}", i % 200);
+                [
+                    grant("a.example", &addr, 443, 100),
+                    grant("b.example", &addr, 80, 200),
+                ]
+            })
+            .collect();
+        s.learn(&grants).unwrap();
+        assert_eq!(writes(&s), n, "batch of {n} addresses");
+        assert_eq!(s.len(), 2 * n);
+        assert_eq!(backend_entries(&s, "10.1.0.1").unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn many_names_on_one_address_are_all_written() {
+    let s = GrantStore::new(Recorder::default());
+    let n = INLINE_ENTRIES as u16 + 2;
+    for k in 1..=n {
+        let host = format!("h{k}.example");
+        s.learn(&[grant(&host, "192.0.2.7", k, u64::from(k))])
+            .unwrap();
+        let e = backend_entries(&s, "192.0.2.7").unwrap();
+        assert_eq!(e.len(), usize::from(k));
+        assert!((1..=k).all(|p| e.contains(&(ports(p), u64::from(p)))));
+    }
+}
+
+#[test]
+fn relearning_with_other_ports_rewrites_them_and_keeps_one_deadline() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 100)])
+        .unwrap();
+    s.learn(&[grant("a.example", "192.0.2.1", 8443, 50)])
+        .unwrap();
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(8443), 100)]
+    );
+    assert_eq!(s.len(), 1);
+    assert!(s.expire(99).is_empty());
+    assert_eq!(s.expire(100).len(), 1);
 }

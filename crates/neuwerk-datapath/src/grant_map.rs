@@ -1,0 +1,146 @@
+//! The grant map, written without the dataplane's maps lock.
+//!
+//! aya's `HashMap::insert` and `remove` take `&mut self`, so the grant map
+//! used to sit behind the lock a policy swap holds for its whole write
+//! (about half a second with 100k rules), and learning, which is on the DNS
+//! path, stalled behind every reload. The kernel needs no such exclusion:
+//! here a single-element update or deletion is the raw syscall through a
+//! shared handle. Writes of one key stay ordered because the grant store
+//! makes every backend call under its own lock.
+//!
+//! The attribute layout is the kernel's `bpf_attr` member for the `*_ELEM`
+//! commands (include/uapi/linux/bpf.h), checked by a test.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{HashMap, IterableMap, MapData};
+use neuwerk_abi as abi;
+
+/// `enum bpf_cmd` values.
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+/// Update flag: create the entry or replace it.
+const BPF_ANY: u64 = 0;
+
+/// `bpf_attr` for BPF_MAP_{LOOKUP,UPDATE,DELETE}_ELEM.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    /// `value` (or `next_key`); 0 for a deletion.
+    value: u64,
+    flags: u64,
+}
+
+/// The grant map, writable through `&self`.
+pub(crate) struct GrantMap {
+    /// Taken through aya, which checked the key and value sizes against
+    /// the map's definition: the syscalls below rely on them.
+    map: HashMap<MapData, abi::GrantKey, abi::GrantValue>,
+}
+
+impl GrantMap {
+    /// Wraps the (size-checked) grant map.
+    pub(crate) fn new(map: HashMap<MapData, abi::GrantKey, abi::GrantValue>) -> GrantMap {
+        GrantMap { map }
+    }
+
+    /// Creates or replaces the entry of `key`.
+    pub(crate) fn update(&self, key: &abi::GrantKey, value: &abi::GrantValue) -> io::Result<()> {
+        self.elem(BPF_MAP_UPDATE_ELEM, key, value as *const _ as u64, BPF_ANY)
+    }
+
+    /// Deletes the entry of `key`; a missing entry is not an error.
+    pub(crate) fn delete(&self, key: &abi::GrantKey) -> io::Result<()> {
+        match self.elem(BPF_MAP_DELETE_ELEM, key, 0, 0) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn elem(
+        &self,
+        cmd: libc::c_long,
+        key: &abi::GrantKey,
+        value: u64,
+        flags: u64,
+    ) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: self.map.map().fd().as_fd().as_raw_fd() as u32,
+            key: key as *const abi::GrantKey as u64,
+            value,
+            flags,
+            ..ElemAttr::default()
+        };
+        // SAFETY: `attr` is the kernel's layout for this command (the
+        // kernel zero-fills the rest of the union up to its own size);
+        // `key` and, for an update, `value` point at a GrantKey and a
+        // GrantValue, whose sizes are the map's (checked when the map was
+        // taken), that outlive the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &mut attr as *mut ElemAttr,
+                std::mem::size_of::<ElemAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The slots of one grant value, filled with (port set, deadline) pairs
+/// without allocating: one slot per port set, with its latest deadline;
+/// when there are more port sets than slots, the longest-lived win.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    value: abi::GrantValue,
+    len: usize,
+}
+
+impl Slots {
+    /// Adds `portset` until `expires_ns`.
+    pub(crate) fn add(&mut self, portset: u32, expires_ns: u64) {
+        let used = &mut self.value.slots[..self.len];
+        if let Some(s) = used.iter_mut().find(|s| s.portset == portset) {
+            s.expires_ns = s.expires_ns.max(expires_ns);
+            return;
+        }
+        let slot = abi::GrantSlot {
+            expires_ns,
+            portset,
+            reserved: 0,
+        };
+        if self.len < abi::GRANT_SLOTS {
+            self.value.slots[self.len] = slot;
+            self.len += 1;
+            return;
+        }
+        // Full: replace the shortest-lived if this outlives it. Once full,
+        // the shortest deadline held only grows, so a port set left out
+        // here with an earlier deadline would have lost to the final
+        // slots anyway: the result is the longest-lived sets (ties aside).
+        if let Some(min) = used.iter_mut().min_by_key(|s| s.expires_ns) {
+            if expires_ns > min.expires_ns {
+                *min = slot;
+            }
+        }
+    }
+
+    /// The value to write, latest deadline first, unused slots zero.
+    pub(crate) fn into_value(mut self) -> abi::GrantValue {
+        self.value.slots[..self.len].sort_unstable_by_key(|s| std::cmp::Reverse(s.expires_ns));
+        self.value
+    }
+}
+
+#[cfg(test)]
+#[path = "grant_map_tests.rs"]
+mod tests;

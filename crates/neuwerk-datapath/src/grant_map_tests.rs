@@ -1,0 +1,129 @@
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use aya::maps::Map;
+
+use super::*;
+
+/// The layout of the `*_ELEM` member of `bpf_attr` in include/uapi/linux/bpf.h.
+#[test]
+fn attr_layout_is_the_kernels() {
+    assert_eq!(std::mem::size_of::<ElemAttr>(), 32);
+    assert_eq!(std::mem::offset_of!(ElemAttr, key), 8);
+    assert_eq!(std::mem::offset_of!(ElemAttr, value), 16);
+    assert_eq!(std::mem::offset_of!(ElemAttr, flags), 24);
+}
+
+/// What `Slots` replaced: collect every port set with its latest deadline,
+/// sort by deadline, keep the first GRANT_SLOTS.
+fn reference(pairs: &[(u32, u64)]) -> abi::GrantValue {
+    let mut slots: Vec<abi::GrantSlot> = Vec::new();
+    for &(portset, expires_ns) in pairs {
+        match slots.iter_mut().find(|s| s.portset == portset) {
+            Some(s) => s.expires_ns = s.expires_ns.max(expires_ns),
+            None => slots.push(abi::GrantSlot {
+                expires_ns,
+                portset,
+                reserved: 0,
+            }),
+        }
+    }
+    slots.sort_unstable_by_key(|s| std::cmp::Reverse(s.expires_ns));
+    let mut value = abi::GrantValue::default();
+    for (dst, src) in value.slots.iter_mut().zip(&slots) {
+        *dst = *src;
+    }
+    value
+}
+
+#[test]
+fn slots_keep_the_longest_lived_port_sets() {
+    // Pseudo-random pairs over few port sets, so that sets repeat, outgrow
+    // the slots, drop out and come back. Deadlines are distinct, so the
+    // answer is unique.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..2000 {
+        let n = round % 13;
+        let pairs: Vec<(u32, u64)> = (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let portset = 1 + (x >> 33) as u32 % 7;
+                let expires_ns = ((x >> 8) & 0xffff_ff00) | i as u64;
+                (portset, expires_ns)
+            })
+            .collect();
+        let mut slots = Slots::default();
+        for &(p, e) in &pairs {
+            slots.add(p, e);
+        }
+        assert_eq!(slots.into_value(), reference(&pairs), "pairs {pairs:?}");
+    }
+}
+
+/// A small hash map with the grant map's key and value sizes, made
+/// directly (no object to load): `None` without the privilege.
+fn scratch_grant_map() -> Option<GrantMap> {
+    #[repr(C)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = CreateAttr {
+        map_type: 1, // BPF_MAP_TYPE_HASH
+        key_size: std::mem::size_of::<abi::GrantKey>() as u32,
+        value_size: std::mem::size_of::<abi::GrantValue>() as u32,
+        max_entries: 8,
+        map_flags: 0,
+    };
+    // SAFETY: BPF_MAP_CREATE (0) with the leading fields of its bpf_attr
+    // member; the kernel zero-fills the rest.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0 as libc::c_long,
+            &mut attr as *mut CreateAttr,
+            std::mem::size_of::<CreateAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        eprintln!(
+            "skipped: cannot create a BPF map: {}",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: a new fd the kernel just returned, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let data = MapData::from_fd(fd).unwrap();
+    let map = HashMap::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    Some(GrantMap::new(map))
+}
+
+#[test]
+fn updates_and_deletes_reach_the_kernel() {
+    let Some(grants) = scratch_grant_map() else {
+        return;
+    };
+    let key = abi::GrantKey {
+        net_id: 3,
+        addr: crate::addr::addr_bytes("192.0.2.1".parse().unwrap()),
+    };
+    let mut slots = Slots::default();
+    slots.add(7, 1000);
+    let value = slots.into_value();
+    grants.update(&key, &value).unwrap();
+    assert_eq!(grants.map.get(&key, 0).unwrap(), value);
+    let mut slots = Slots::default();
+    slots.add(8, 2000);
+    let replaced = slots.into_value();
+    grants.update(&key, &replaced).unwrap();
+    assert_eq!(grants.map.get(&key, 0).unwrap(), replaced);
+    grants.delete(&key).unwrap();
+    assert!(grants.map.get(&key, 0).is_err());
+    // A missing entry is not an error.
+    grants.delete(&key).unwrap();
+}
