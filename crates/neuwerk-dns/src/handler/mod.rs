@@ -7,88 +7,22 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::Name;
 use neuwerk_core::config::{DenyResponse, DnsConfig};
-use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
-use neuwerk_core::grants::{Grant, GrantError, GrantSink};
+use neuwerk_core::events::DnsObserver;
+use neuwerk_core::grants::{Grant, GrantSink};
 use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
 use neuwerk_core::time::monotonic_ns;
-use tracing::{debug, error, info, trace, warn};
 
-use crate::answer::{self, AnswerError, ClientView, Learned, EDNS_PAYLOAD};
+use crate::answer::{self, ClientView, Learned, EDNS_PAYLOAD};
 use crate::listen::Query;
-use crate::upstream::{Request, ResolveError, Upstreams};
+use crate::upstream::{Answer, Request, ResolveError, Upstreams};
 use crate::wire::{self, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP};
 use crate::{ProxyContext, Transport};
 
-/// Why a query was denied (or, in an auditing network, would have been).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DenyReason {
-    /// The client's address is in no network of the policy.
-    NoNetwork,
-    /// No hostname rule of the client's network matches the name.
-    NoRule,
-    /// The name has bytes no policy hostname can contain.
-    BadName,
-}
+mod observe;
 
-impl DenyReason {
-    /// A stable snake_case name, for logs.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            DenyReason::NoNetwork => "no_network",
-            DenyReason::NoRule => "no_rule",
-            DenyReason::BadName => "bad_name",
-        }
-    }
-}
-
-/// How a query ended. Decided once per query and reported in one place,
-/// [`observe`], with the [`Facts`] gathered on the way.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// Not answered: too short for a header, or a response.
-    Dropped(&'static str),
-    /// Answered FORMERR or NOTIMP.
-    Malformed(ResponseCode),
-    /// Answered with the deny rcode, never forwarded.
-    Denied(DenyReason),
-    /// The upstream's answer was relayed.
-    Answered {
-        rcode: ResponseCode,
-        truncated: bool,
-    },
-    /// No upstream answered usefully; the client got `rcode`.
-    UpstreamFailed {
-        rcode: ResponseCode,
-        error: ResolveError,
-    },
-    /// The grants could not be made enforceable; the client got SERVFAIL.
-    LearnFailed(GrantError),
-    /// The upstream's answer could not be prepared; the client got SERVFAIL.
-    RelayFailed(AnswerError),
-}
-
-/// What is known about a query besides how it ended, filled in as the
-/// query path learns it; empty for a query whose question was never read.
-#[derive(Debug, Default)]
-pub(crate) struct Facts {
-    /// The client's network, if its address is in one.
-    network: Option<Arc<str>>,
-    /// The name as policy sees it, or as received (escaped) when policy
-    /// cannot read it.
-    name: String,
-    qtype: Option<RecordType>,
-    /// The query would have been denied for this reason, and was forwarded
-    /// (learning nothing) because the client's network audits.
-    audit: Option<DenyReason>,
-    /// What the answer taught, now in the grants.
-    learned: Learned,
-    /// Time spent waiting for upstreams, if any was asked.
-    upstream: Option<Duration>,
-    /// From the upstream answer being read to its grants being learned.
-    grant_commit: Option<Duration>,
-}
+use observe::{observe, DenyReason, Facts, Outcome};
 
 /// The policy's verdict on a query.
 enum Verdict {
@@ -100,7 +34,42 @@ enum Verdict {
     Audit(DenyReason),
 }
 
-/// Shared by every listener; one `handle` call per query.
+/// How a query ended before any upstream was asked, and the reply if any.
+type Ended = (Outcome, Option<Vec<u8>>);
+
+/// What the upstream is asked, and what the answer is checked and relayed
+/// against.
+pub(crate) struct Ask {
+    client: ClientView,
+    /// Where the answer's addresses are granted: `None` for an audited
+    /// name, whose answer teaches nothing.
+    grant_to: Option<(Arc<str>, PortSet)>,
+    /// The upstream query.
+    pub(crate) request: Request,
+    /// The client's query, decoded (for error replies).
+    msg: Message,
+}
+
+/// A query on its way to the upstream, between [`Handler::begin`] and
+/// [`Handler::finish`].
+pub(crate) struct Forward {
+    pub(crate) query: Query,
+    facts: Facts,
+    pub(crate) ask: Ask,
+    /// When the upstream was first asked.
+    asked: Instant,
+}
+
+/// Where [`Handler::begin`] leaves a query.
+pub(crate) enum Begin {
+    /// Done (and reported): the reply to send, if any.
+    Done(Option<Vec<u8>>),
+    /// To forward.
+    Forward(Box<Forward>),
+}
+
+/// Shared by every listener: [`Handler::begin`], then [`Handler::finish`]
+/// with what the upstreams gave (or [`Handler::handle`], both in one).
 pub(crate) struct Handler {
     policy: Arc<ArcSwap<Policy>>,
     grants: Arc<dyn GrantSink>,
@@ -155,43 +124,62 @@ impl Handler {
     /// Handles one query, forwarding through the calling worker's
     /// `upstreams`; returns the reply to send, if any.
     pub(crate) async fn handle(&self, query: Query, upstreams: &Upstreams) -> Option<Vec<u8>> {
-        let mut facts = Facts::default();
-        let (outcome, reply) = self.process(&query, upstreams, &mut facts).await;
-        let total = query.received.elapsed();
-        observe(&*self.observer, &query, &facts, &outcome, total);
-        reply
+        match self.begin(query) {
+            Begin::Done(reply) => reply,
+            Begin::Forward(mut fwd) => {
+                // Boxed: the exchange's state is over a kilobyte, and inline
+                // it would be copied with this future on every move.
+                let resolved = Box::pin(upstreams.resolve(&mut fwd.ask.request)).await;
+                self.finish(fwd, resolved)
+            }
+        }
     }
 
-    async fn process(
-        &self,
-        query: &Query,
-        upstreams: &Upstreams,
-        facts: &mut Facts,
-    ) -> (Outcome, Option<Vec<u8>>) {
+    /// The query path up to the upstream: decode, policy. Either the query
+    /// is done (reported, with the reply to send if any), or it is to be
+    /// forwarded and given to [`Handler::finish`] with what came back.
+    pub(crate) fn begin(&self, query: Query) -> Begin {
+        let mut facts = Facts::default();
+        match self.prepare(&query, &mut facts) {
+            Ok(ask) => Begin::Forward(Box::new(Forward {
+                query,
+                facts,
+                ask,
+                asked: Instant::now(),
+            })),
+            Err((outcome, reply)) => {
+                self.report(&query, &facts, &outcome);
+                Begin::Done(reply)
+            }
+        }
+    }
+
+    /// Decodes and authorizes; the `Err` is how the query ended.
+    fn prepare(&self, query: &Query, facts: &mut Facts) -> Result<Ask, Ended> {
         let b = &query.bytes[..];
         if b.len() < HEADER_LEN {
-            return (Outcome::Dropped("shorter than a DNS header"), None);
+            return Err((Outcome::Dropped("shorter than a DNS header"), None));
         }
         // Answering a response could start a loop between two servers.
         if wire::is_response(b) {
-            return (Outcome::Dropped("a response sent to the listener"), None);
+            return Err((Outcome::Dropped("a response sent to the listener"), None));
         }
         if wire::opcode(b) != 0 {
             let reply = wire::header_reply(b, RCODE_NOTIMP);
-            return (Outcome::Malformed(ResponseCode::NotImp), Some(reply));
+            return Err((Outcome::Malformed(ResponseCode::NotImp), Some(reply)));
         }
         let formerr = || {
             let reply = wire::header_reply(b, RCODE_FORMERR);
             (Outcome::Malformed(ResponseCode::FormErr), Some(reply))
         };
         if wire::qdcount(b) != 1 {
-            return formerr();
+            return Err(formerr());
         }
         let Ok(msg) = Message::from_vec(b) else {
-            return formerr();
+            return Err(formerr());
         };
         let Some(question) = msg.queries.first() else {
-            return formerr();
+            return Err(formerr());
         };
         facts.qtype = Some(question.query_type());
         let client = ClientView {
@@ -208,52 +196,78 @@ impl Handler {
             }
             Verdict::Deny(reason) => {
                 let reply = error_reply(&msg, b, self.deny_rcode);
-                return (Outcome::Denied(reason), Some(reply));
+                return Err((Outcome::Denied(reason), Some(reply)));
             }
         };
-
-        let request = Request {
-            question,
-            recursion_desired: msg.recursion_desired,
-            checking_disabled: msg.checking_disabled,
-            authentic_data: msg.authentic_data,
-            dnssec_ok: msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        let request = match Request::new(&msg, question) {
+            Ok(request) => request,
+            Err(e) => {
+                let error = ResolveError::from(e);
+                let rcode = error.rcode();
+                let reply = error_reply(&msg, b, rcode);
+                return Err((Outcome::UpstreamFailed { rcode, error }, Some(reply)));
+            }
         };
-        let asked = Instant::now();
-        // Boxed: the exchange's state is over a kilobyte, and inline it
-        // would be copied with this future on every move (spawn, poll).
-        let resolved = Box::pin(upstreams.resolve(&request)).await;
-        facts.upstream = Some(asked.elapsed());
+        Ok(Ask {
+            client,
+            grant_to,
+            request,
+            msg,
+        })
+    }
+
+    /// The query path after the upstream: learn the answer's addresses,
+    /// prepare the reply, report how the query ended. Returns the reply.
+    pub(crate) fn finish(
+        &self,
+        mut fwd: Box<Forward>,
+        resolved: Result<Answer, ResolveError>,
+    ) -> Option<Vec<u8>> {
+        let fwd = &mut *fwd;
+        fwd.facts.upstream = Some(fwd.asked.elapsed());
+        let (outcome, reply) = self.relay(&fwd.ask, &fwd.query, resolved, &mut fwd.facts);
+        self.report(&fwd.query, &fwd.facts, &outcome);
+        Some(reply)
+    }
+
+    /// Learns what the answer teaches, before the reply is sent (the
+    /// client's first packet to an address must never race its grant).
+    fn relay(
+        &self,
+        ask: &Ask,
+        query: &Query,
+        resolved: Result<Answer, ResolveError>,
+        facts: &mut Facts,
+    ) -> (Outcome, Vec<u8>) {
+        let (msg, b) = (&ask.msg, &query.bytes[..]);
         let answer = match resolved {
             Ok(answer) => answer,
             Err(error) => {
                 let rcode = error.rcode();
-                let reply = error_reply(&msg, b, rcode);
-                return (Outcome::UpstreamFailed { rcode, error }, Some(reply));
+                let reply = error_reply(msg, b, rcode);
+                return (Outcome::UpstreamFailed { rcode, error }, reply);
             }
         };
-
         let rcode = answer.msg.response_code;
-        let answer_received = answer.received;
         // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
         // Nor for an audited name: its network's traffic passes anyway.
-        let learned = match &grant_to {
+        let learned = match &ask.grant_to {
             Some(_) if rcode == ResponseCode::NoError => {
-                answer::chain_addresses(&answer.msg, question.name())
+                answer::chain_addresses(&answer.msg, ask.request.question.name())
             }
             _ => Learned::default(),
         };
         // Prepared before learning, so that nothing is learned for an
         // answer that cannot be sent.
-        let (reply, relayed) = match answer::relay(answer.bytes, &answer.msg, &client, self.max_ttl)
-        {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                let reply = error_reply(&msg, b, ResponseCode::ServFail);
-                return (Outcome::RelayFailed(e), Some(reply));
-            }
-        };
-        if let (Some((network, ports)), false) = (grant_to, learned.is_empty()) {
+        let (reply, relayed) =
+            match answer::relay(answer.bytes, &answer.msg, &ask.client, self.max_ttl) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    let reply = error_reply(msg, b, ResponseCode::ServFail);
+                    return (Outcome::RelayFailed(e), reply);
+                }
+            };
+        if let (Some((network, ports)), false) = (&ask.grant_to, learned.is_empty()) {
             let now = monotonic_ns();
             let hostname: Arc<str> = facts.name.as_str().into();
             let batch: Vec<Grant> = learned
@@ -268,22 +282,29 @@ impl Handler {
                     expires_ns: now.saturating_add(self.lifetime_ns(ttl)),
                 })
                 .collect();
-            // Before the reply: the client's first packet to an address
-            // must never race its grant.
             if let Err(e) = self.grants.learn(&batch) {
-                let reply = error_reply(&msg, b, ResponseCode::ServFail);
-                return (Outcome::LearnFailed(e), Some(reply));
+                let reply = error_reply(msg, b, ResponseCode::ServFail);
+                return (Outcome::LearnFailed(e), reply);
             }
-            facts.grant_commit = Some(answer_received.elapsed());
+            facts.grant_commit = Some(answer.received.elapsed());
             facts.learned = learned;
         }
         let outcome = Outcome::Answered {
             rcode,
             truncated: relayed.truncated,
         };
-        (outcome, Some(reply))
+        (outcome, reply)
     }
 
+    fn report(&self, query: &Query, facts: &Facts, outcome: &Outcome) {
+        observe(
+            &*self.observer,
+            query,
+            facts,
+            outcome,
+            query.received.elapsed(),
+        );
+    }
     /// The policy's verdict on `name` asked by `src`; records the client's
     /// network and the name in `facts`. The policy is loaded once and
     /// released before any await.
@@ -369,87 +390,6 @@ fn error_reply(query: &Message, raw: &[u8], rcode: ResponseCode) -> Vec<u8> {
         .unwrap_or_else(|_| wire::header_reply(raw, u16::from(rcode) as u8))
 }
 
-/// Reports how a query ended, once per query: to the observer, and to the
-/// log (denials, audited or not, at info; the rest below).
-fn observe(
-    observer: &dyn DnsObserver,
-    query: &Query,
-    facts: &Facts,
-    outcome: &Outcome,
-    total: Duration,
-) {
-    let result = match outcome {
-        Outcome::Dropped(_) | Outcome::Malformed(_) => DnsResult::Malformed,
-        Outcome::Denied(_) => DnsResult::Denied,
-        // Forwarded only because its network audits, however that went.
-        _ if facts.audit.is_some() => DnsResult::AuditDenied,
-        Outcome::Answered { .. } => DnsResult::Allowed,
-        Outcome::UpstreamFailed { .. } => DnsResult::ServFail,
-        Outcome::LearnFailed(_) | Outcome::RelayFailed(_) => DnsResult::Error,
-    };
-    let mut type_buf = [0u8; TYPE_TEXT_LEN];
-    let qtype = facts.qtype.map_or("", |t| type_text(t, &mut type_buf));
-    let client = query.peer.ip();
-    observer.query(&DnsQueryView {
-        client,
-        network: facts.network.as_deref(),
-        name: &facts.name,
-        qtype,
-        result,
-        addrs: &facts.learned.addrs,
-        total,
-        upstream: facts.upstream,
-        grant_commit: facts.grant_commit,
-    });
-
-    let peer = query.peer;
-    let transport = query.transport;
-    let network = facts.network.as_deref().unwrap_or("-");
-    let name = facts.name.as_str();
-    if let Some(reason) = facts.audit {
-        let reason = reason.name();
-        info!(%client, network, name, qtype, reason, ?transport, "query audit-denied: forwarded, nothing learned");
-    }
-    match outcome {
-        Outcome::Dropped(why) => trace!(%peer, ?transport, why, "query dropped"),
-        Outcome::Malformed(rcode) => debug!(%peer, ?transport, %rcode, "malformed query"),
-        Outcome::Denied(reason) => {
-            let reason = reason.name();
-            info!(%client, network, name, qtype, reason, ?transport, "query denied")
-        }
-        Outcome::Answered { rcode, truncated } => {
-            let learned = facts.learned.len();
-            trace!(%peer, ?transport, name, qtype, %rcode, learned, truncated, "query answered")
-        }
-        Outcome::UpstreamFailed { rcode, error } => {
-            debug!(%peer, ?transport, name, qtype, %rcode, %error, "upstream failed")
-        }
-        Outcome::LearnFailed(e) => {
-            error!(%peer, name, error = %e, "grants not learned, answering SERVFAIL")
-        }
-        Outcome::RelayFailed(e) => {
-            warn!(%peer, name, error = %e, "answer not relayed, answering SERVFAIL")
-        }
-    }
-}
-
-/// Room for the longest type mnemonic (`NSEC3PARAM`) or `TYPE65535`.
-const TYPE_TEXT_LEN: usize = 10;
-
-/// The mnemonic of `t`, or `TYPE<n>` (RFC 3597) for a type without one,
-/// written into `buf` so that no allocation is needed.
-fn type_text(t: RecordType, buf: &mut [u8; TYPE_TEXT_LEN]) -> &str {
-    use std::io::Write;
-    let RecordType::Unknown(code) = t else {
-        return t.into();
-    };
-    let mut rest = &mut buf[..];
-    // Cannot fail: "TYPE" and at most 5 digits fit.
-    let _ = write!(rest, "TYPE{code}");
-    let len = TYPE_TEXT_LEN - rest.len();
-    std::str::from_utf8(&buf[..len]).unwrap_or("TYPE")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,14 +411,5 @@ mod tests {
         let binary = Name::from_labels(vec![&b"a\x00b"[..], b"com"]).unwrap();
         assert_eq!(policy_name(&binary), None);
         assert_eq!(policy_name(&n("*.example.com")), None);
-    }
-
-    #[test]
-    fn type_texts() {
-        let mut buf = [0u8; TYPE_TEXT_LEN];
-        assert_eq!(type_text(RecordType::AAAA, &mut buf), "AAAA");
-        assert_eq!(type_text(RecordType::NSEC3PARAM, &mut buf), "NSEC3PARAM");
-        assert_eq!(type_text(RecordType::from(65535), &mut buf), "TYPE65535");
-        assert_eq!(type_text(RecordType::from(0xff00), &mut buf), "TYPE65280");
     }
 }

@@ -1,18 +1,27 @@
-//! UDP listener: one receive loop per socket, one task per datagram, all
-//! on the worker's thread.
+//! UDP listener. A query takes no task of its own: the receive loop
+//! begins it and sends it upstream, and the loop that reads its answer
+//! (or the pool's timer) finishes it and sends the reply. Only a query
+//! whose first try gives nothing to relay (truncated, failed, timed out)
+//! goes on in a task, through the same upstream code as TCP queries.
+//!
+//! A task per datagram (spawn, wake-up, a channel to hand the answer over)
+//! was a quarter of the proxy's userspace time.
 
-use std::rc::Rc;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hickory_proto::op::Query as Question;
 use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{reap, Query};
-use crate::handler::Handler;
-use crate::upstream::Upstreams;
+use super::Query;
+use crate::handler::{Begin, Forward, Handler};
+use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
 use crate::Transport;
 
 /// Queries handled at once per socket. Beyond it the loop stops reading
@@ -20,24 +29,35 @@ use crate::Transport;
 /// bounds memory and upstream sockets under a flood.
 pub(crate) const MAX_UDP_INFLIGHT: usize = 4096;
 
+/// One listening socket and what its queries share.
+struct Listener {
+    socket: UdpSocket,
+    handler: Arc<Handler>,
+    upstreams: Rc<Upstreams>,
+    /// Queries between receipt and reply.
+    inflight: Cell<usize>,
+    /// Signalled when `inflight` falls below the cap.
+    room: Notify,
+}
+
 /// Receives datagrams until dropped (the server's shutdown drops it, and
 /// with it every in-flight query).
 pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: Rc<Upstreams>) {
-    let socket = Rc::new(socket);
+    let listener = Rc::new(Listener {
+        socket,
+        handler,
+        upstreams,
+        inflight: Cell::new(0),
+        room: Notify::new(),
+    });
     // Reused for every datagram; each query gets an exact-size copy.
     let mut buf = vec![0u8; u16::MAX as usize];
-    let mut inflight = JoinSet::new();
     loop {
-        while let Some(done) = inflight.try_join_next() {
-            reap(done);
-        }
-        if inflight.len() >= MAX_UDP_INFLIGHT {
-            if let Some(done) = inflight.join_next().await {
-                reap(done);
-            }
+        if listener.inflight.get() >= MAX_UDP_INFLIGHT {
+            listener.room.notified().await;
             continue;
         }
-        let (n, peer) = match socket.recv_from(&mut buf).await {
+        let (n, peer) = match listener.socket.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(e) => {
                 // Not expected on an unconnected socket; the pause keeps a
@@ -47,22 +67,119 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
                 continue;
             }
         };
-        let received = Instant::now();
         let query = Query {
             bytes: Bytes::copy_from_slice(&buf[..n]),
             peer,
             transport: Transport::Udp,
-            received,
+            received: Instant::now(),
         };
-        let handler = handler.clone();
-        let socket = socket.clone();
-        let upstreams = upstreams.clone();
-        inflight.spawn_local(async move {
-            if let Some(reply) = handler.handle(query, &upstreams).await {
-                if let Err(e) = socket.send_to(&reply, peer).await {
-                    debug!(%peer, error = %e, "UDP reply not sent");
+        listener.begin(query);
+    }
+}
+
+impl Listener {
+    /// Answers the query, or sends it upstream.
+    fn begin(self: &Rc<Self>, query: Query) {
+        let peer = query.peer;
+        match self.handler.begin(query) {
+            Begin::Done(reply) => {
+                if let Some(reply) = reply {
+                    self.send(reply, peer);
                 }
             }
+            Begin::Forward(fwd) => self.forward(fwd),
+        }
+    }
+
+    /// Sends the query to the first upstream; the reply comes to
+    /// [`Pending::complete`].
+    fn forward(self: &Rc<Self>, fwd: Box<Forward>) {
+        self.inflight.set(self.inflight.get() + 1);
+        let Some((pool, deadline)) = self.upstreams.first() else {
+            // No upstream configured: the resolution fails at once.
+            self.resume(fwd, Default::default());
+            return;
+        };
+        let pending = Box::new(Pending {
+            fwd,
+            listener: Rc::downgrade(self),
+            deadline,
         });
+        pool.send_waiting(pending, deadline);
+    }
+
+    /// Goes on with the upstreams after the first try, in a task.
+    fn resume(self: &Rc<Self>, mut fwd: Box<Forward>, resume: Resume) {
+        let this = self.clone();
+        tokio::task::spawn_local(async move {
+            let resolved = this.upstreams.resume(&mut fwd.ask.request, resume).await;
+            this.finish(fwd, resolved);
+        });
+    }
+
+    /// Learns, replies, and makes room for the next query.
+    fn finish(self: &Rc<Self>, fwd: Box<Forward>, resolved: Result<Answer, ResolveError>) {
+        let peer = fwd.query.peer;
+        if let Some(reply) = self.handler.finish(fwd, resolved) {
+            self.send(reply, peer);
+        }
+        let inflight = self.inflight.get();
+        self.inflight.set(inflight - 1);
+        if inflight == MAX_UDP_INFLIGHT {
+            self.room.notify_one();
+        }
+    }
+
+    fn send(self: &Rc<Self>, reply: Vec<u8>, peer: SocketAddr) {
+        // Straight to the kernel (tokio's `try_send_to` refuses until the
+        // reactor has seen the socket writable).
+        match socket2::SockRef::from(&self.socket).send_to(&reply, &peer.into()) {
+            Ok(_) => {}
+            // The socket's send buffer is full: wait for room in a task.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let this = self.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = this.socket.send_to(&reply, peer).await {
+                        debug!(%peer, error = %e, "UDP reply not sent");
+                    }
+                });
+            }
+            Err(e) => debug!(%peer, error = %e, "UDP reply not sent"),
+        }
+    }
+}
+
+/// A UDP query waiting for its first upstream answer.
+struct Pending {
+    fwd: Box<Forward>,
+    /// Weak: the pool holding this query belongs to the listener's
+    /// upstreams, and a strong reference would keep them all alive.
+    listener: Weak<Listener>,
+    deadline: tokio::time::Instant,
+}
+
+impl Waiting for Pending {
+    fn question(&self) -> &Question {
+        &self.fwd.ask.request.question
+    }
+
+    fn wire(&mut self) -> &mut [u8] {
+        &mut self.fwd.ask.request.wire
+    }
+
+    fn complete(self: Box<Self>, reply: Reply) {
+        let Pending {
+            fwd,
+            listener,
+            deadline,
+        } = *self;
+        // Gone: the worker is stopping, and the query with it.
+        let Some(listener) = listener.upgrade() else {
+            return;
+        };
+        match listener.upstreams.first_reply(reply, deadline) {
+            Ok(answer) => listener.finish(fwd, Ok(answer)),
+            Err(resume) => listener.resume(fwd, resume),
+        }
     }
 }

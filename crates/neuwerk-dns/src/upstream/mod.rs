@@ -18,21 +18,53 @@ use crate::wire::{self, HEADER_LEN};
 
 pub(crate) mod pool;
 
-use pool::{Pool, Reply};
+pub(crate) use pool::{Pool, Reply, Waiting};
 
 /// Receive buffer for a UDP answer. Upstreams are told 1232 bytes; a
 /// datagram filling this buffer may have been cut, so it is retried over
 /// TCP like TC=1.
 pub(crate) const MAX_UDP_ANSWER: usize = 4096;
 
-/// What to ask upstream, taken from the client's query.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Request<'a> {
-    pub question: &'a Query,
-    pub recursion_desired: bool,
-    pub checking_disabled: bool,
-    pub authentic_data: bool,
-    pub dnssec_ok: bool,
+/// What to ask upstream: the client's question, and the query as sent
+/// (each try sets its own id).
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub question: Query,
+    pub wire: Vec<u8>,
+}
+
+impl Request {
+    /// The upstream query for the client's `msg`: its question and flags,
+    /// EDNS with our payload size and the client's DO bit. The client's
+    /// other EDNS options (client subnet, cookies) are not forwarded: they
+    /// describe the client, whom the upstream is not talking to.
+    pub(crate) fn new(msg: &Message, question: &Query) -> Result<Request, ProtoError> {
+        let mut m = Message::new(0, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = msg.recursion_desired;
+        m.metadata.checking_disabled = msg.checking_disabled;
+        m.metadata.authentic_data = msg.authentic_data;
+        m.add_query(question.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        edns.set_dnssec_ok(msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
+        m.set_edns(edns);
+        Ok(Request {
+            wire: m.to_vec()?,
+            question: m.queries.swap_remove(0),
+        })
+    }
+}
+
+/// Where a resolution goes on after a first UDP try that gave no answer to
+/// relay (see [`Upstreams::first_reply`]).
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// The upstream to try next.
+    server: usize,
+    /// That upstream's UDP answer was truncated: ask it over TCP, by this
+    /// deadline (the first try's), before moving on.
+    tcp_by: Option<Instant>,
+    last_rcode: Option<ResponseCode>,
 }
 
 /// An accepted upstream answer: decoded, and the bytes as received.
@@ -96,23 +128,77 @@ impl Upstreams {
 
     /// Asks each upstream in turn until one gives an answer other than
     /// SERVFAIL or REFUSED.
-    pub(crate) async fn resolve(&self, req: &Request<'_>) -> Result<Answer, ResolveError> {
-        let mut query = encode(req)?;
-        let mut last_rcode = None;
-        for (server, pool) in &self.servers {
-            let server = *server;
-            let deadline = Instant::now() + self.timeout;
-            match try_server(pool, &mut query, req.question, deadline).await {
+    pub(crate) async fn resolve(&self, req: &mut Request) -> Result<Answer, ResolveError> {
+        self.resume(req, Resume::default()).await
+    }
+
+    /// [`Upstreams::resolve`], from where `resume` says.
+    pub(crate) async fn resume(
+        &self,
+        req: &mut Request,
+        resume: Resume,
+    ) -> Result<Answer, ResolveError> {
+        let Resume {
+            server: first,
+            tcp_by,
+            mut last_rcode,
+        } = resume;
+        for (i, (server, pool)) in self.servers.iter().enumerate().skip(first) {
+            let tried = match tcp_by {
+                Some(deadline) if i == first => tcp_try(pool.server(), req, deadline).await,
+                _ => try_server(pool, req, Instant::now() + self.timeout).await,
+            };
+            match tried {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     if let TryError::Rcode(rc) = e {
                         last_rcode = Some(rc);
                     }
-                    try_failed(server, &e);
+                    try_failed(*server, &e);
                 }
             }
         }
         Err(ResolveError::Exhausted { last_rcode })
+    }
+
+    /// The first upstream's pool and the deadline of a try started now:
+    /// where a UDP query is sent with [`Pool::send_waiting`].
+    pub(crate) fn first(&self) -> Option<(&Pool, Instant)> {
+        let (_, pool) = self.servers.first()?;
+        Some((pool, Instant::now() + self.timeout))
+    }
+
+    /// What the first UDP try at the first upstream (sent by [`first`],
+    /// with `deadline`) came to: the answer to relay, or where to resume.
+    ///
+    /// [`first`]: Upstreams::first
+    pub(crate) fn first_reply(&self, reply: Reply, deadline: Instant) -> Result<Answer, Resume> {
+        let e = match reply {
+            Reply::Truncated => {
+                return Err(Resume {
+                    server: 0,
+                    tcp_by: Some(deadline),
+                    last_rcode: None,
+                })
+            }
+            Reply::Answer(answer) => match judge(answer) {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            },
+            Reply::Failed(kind) => TryError::Io(kind.into()),
+            Reply::TimedOut => TryError::Timeout,
+        };
+        if let Some((server, _)) = self.servers.first() {
+            try_failed(*server, &e);
+        }
+        Err(Resume {
+            server: 1,
+            tcp_by: None,
+            last_rcode: match e {
+                TryError::Rcode(rc) => Some(rc),
+                _ => None,
+            },
+        })
     }
 }
 
@@ -121,40 +207,30 @@ fn try_failed(server: SocketAddr, e: &TryError) {
     debug!(%server, error = %e, "upstream try failed");
 }
 
-/// The upstream query: the client's question and flags, EDNS with our
-/// payload size and the client's DO bit. The client's other EDNS options
-/// (client subnet, cookies) are not forwarded: they describe the client,
-/// whom the upstream is not talking to. Id 0 until each try sets one.
-fn encode(req: &Request<'_>) -> Result<Vec<u8>, ProtoError> {
-    let mut m = Message::new(0, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = req.recursion_desired;
-    m.metadata.checking_disabled = req.checking_disabled;
-    m.metadata.authentic_data = req.authentic_data;
-    m.add_query(req.question.clone());
-    let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_PAYLOAD);
-    edns.set_dnssec_ok(req.dnssec_ok);
-    m.set_edns(edns);
-    m.to_vec()
-}
-
 /// One upstream: UDP, then TCP if the UDP answer is truncated (so every
 /// address gets learned), all before `deadline`. Sets the query's id.
-async fn try_server(
-    pool: &Pool,
-    query: &mut [u8],
-    question: &Query,
+async fn try_server(pool: &Pool, req: &mut Request, deadline: Instant) -> Result<Answer, TryError> {
+    match exchange_udp(pool, &mut req.wire, &req.question, deadline).await? {
+        Some(answer) => judge(answer),
+        None => tcp_try(pool.server(), req, deadline).await,
+    }
+}
+
+/// One upstream over TCP, by `deadline`.
+async fn tcp_try(
+    server: SocketAddr,
+    req: &mut Request,
     deadline: Instant,
 ) -> Result<Answer, TryError> {
-    let answer = match exchange_udp(pool, query, question, deadline).await? {
-        Some(answer) => answer,
-        None => {
-            // A fresh id: the TCP connection is a new exchange.
-            let id = rand::random::<u16>();
-            wire::set_id(query, id);
-            exchange_tcp(pool.server(), query, id, question, deadline).await?
-        }
-    };
+    // A fresh id: the TCP connection is a new exchange.
+    let id = rand::random::<u16>();
+    wire::set_id(&mut req.wire, id);
+    judge(exchange_tcp(server, &req.wire, id, &req.question, deadline).await?)
+}
+
+/// SERVFAIL and REFUSED are failures of this upstream: the next one may do
+/// better.
+fn judge(answer: Answer) -> Result<Answer, TryError> {
     match answer.msg.response_code {
         rc @ (ResponseCode::ServFail | ResponseCode::Refused) => Err(TryError::Rcode(rc)),
         _ => Ok(answer),
@@ -193,6 +269,8 @@ async fn exchange_udp(
         Ok(Reply::Answer(answer)) => Ok(Some(answer)),
         Ok(Reply::Truncated) => Ok(None),
         Ok(Reply::Failed(kind)) => Err(TryError::Io(kind.into())),
+        // Only waiters without a registration get it; kept for completeness.
+        Ok(Reply::TimedOut) => Err(TryError::Timeout),
         // The pool is gone: the worker is shutting down.
         Err(_) => Err(TryError::Timeout),
     }

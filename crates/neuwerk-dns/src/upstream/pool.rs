@@ -17,9 +17,14 @@
 //!
 //! The pool is per worker thread (`Rc`, `RefCell`): no locks, no wake-ups
 //! across threads.
+//!
+//! A query waits in one of two ways: a task awaits a [`Registration`]
+//! (TCP clients, retries), or a UDP query hands itself over as a
+//! [`Waiting`] and is completed by the receive loop that reads its answer,
+//! or by the pool's timeout queue: no task, channel or wake-up per query.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
@@ -53,14 +58,57 @@ pub(crate) enum Reply {
     Truncated,
     /// The socket reported an error (an ICMP unreachable, typically).
     Failed(io::ErrorKind),
+    /// No answer before the deadline (only [`Waiting`] queries get this;
+    /// a [`Registration`]'s owner times out on its own).
+    TimedOut,
+}
+
+/// A query that completes itself: handed to [`Pool::send_waiting`], it is
+/// given its reply on the worker's thread, exactly once, unless the worker
+/// stops first (then it is dropped).
+pub(crate) trait Waiting {
+    /// The question an answer must carry.
+    fn question(&self) -> &Query;
+    /// The upstream query; its id is set before it is sent.
+    fn wire(&mut self) -> &mut [u8];
+    /// Takes the reply.
+    fn complete(self: Box<Self>, reply: Reply);
+}
+
+/// Who gets a waiter's reply.
+enum Then {
+    /// A task awaiting its [`Registration`].
+    Send {
+        question: Query,
+        tx: oneshot::Sender<Reply>,
+    },
+    /// A query completing itself.
+    Call(Box<dyn Waiting>),
+}
+
+impl Then {
+    fn question(&self) -> &Query {
+        match self {
+            Then::Send { question, .. } => question,
+            Then::Call(w) => w.question(),
+        }
+    }
+
+    fn reply(self, reply: Reply) {
+        match self {
+            Then::Send { tx, .. } => {
+                let _ = tx.send(reply);
+            }
+            Then::Call(w) => w.complete(reply),
+        }
+    }
 }
 
 /// A query waiting for its answer.
 struct Waiter {
     /// Tells a waiter's guard from a later query's that got the same id.
     seq: u64,
-    question: Query,
-    tx: oneshot::Sender<Reply>,
+    then: Then,
 }
 
 /// One connected socket and the queries waiting on it.
@@ -111,7 +159,7 @@ impl Slot {
             // It filled the buffer, so it may have been cut.
             Reply::Truncated
         } else {
-            match accept(buf, id, &waiter.question) {
+            match accept(buf, id, waiter.then.question()) {
                 Some(msg) if msg.truncation => Reply::Truncated,
                 Some(msg) => Reply::Answer(Answer {
                     msg,
@@ -124,26 +172,33 @@ impl Slot {
                 }
             }
         };
-        if let Some(waiter) = waiting.remove(&id) {
-            let _ = waiter.tx.send(reply);
+        let waiter = waiting.remove(&id);
+        // Released first: completing a query may register another one.
+        drop(waiting);
+        if let Some(waiter) = waiter {
+            waiter.then.reply(reply);
         }
     }
 
     /// The socket reported `err`: every query waiting on it fails now.
     fn fail_all(&self, err: &io::Error) {
-        for (_, waiter) in self.waiting.borrow_mut().drain() {
-            let _ = waiter.tx.send(Reply::Failed(err.kind()));
+        let failed: Vec<Waiter> = self.waiting.borrow_mut().drain().map(|(_, w)| w).collect();
+        for waiter in failed {
+            waiter.then.reply(Reply::Failed(err.kind()));
         }
     }
 
-    fn forget(&self, id: u16, seq: u64) {
+    /// Takes the waiter of `id` out if it is still the query `seq`.
+    fn take(&self, id: u16, seq: u64) -> Option<Waiter> {
         let mut waiting = self.waiting.borrow_mut();
-        if waiting.get(&id).is_some_and(|w| w.seq == seq) {
-            waiting.remove(&id);
-        }
+        let waiter = match waiting.get(&id) {
+            Some(w) if w.seq == seq => waiting.remove(&id),
+            _ => None,
+        };
         if waiting.is_empty() && self.retired.get() {
             self.drained.notify_one();
         }
+        waiter
     }
 }
 
@@ -191,8 +246,61 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.slot.forget(self.id, self.seq);
+        drop(self.slot.take(self.id, self.seq));
     }
+}
+
+/// A [`Waiting`] query's deadline, in the pool's queue.
+struct Timeout {
+    at: tokio::time::Instant,
+    slot: Rc<Slot>,
+    id: u16,
+    seq: u64,
+}
+
+/// The deadlines of [`Waiting`] queries, in sending order. Every query of
+/// a pool gets the same timeout, so that order is also deadline order and
+/// a queue is all the timer needs; answered queries leave their entry
+/// behind, to be skipped when it comes due.
+#[derive(Default)]
+struct Timeouts {
+    queue: RefCell<VecDeque<Timeout>>,
+    /// Wakes the timer when the queue gets its first entry, or closes.
+    armed: Notify,
+    /// Set when the pool is dropped: the timer ends.
+    closed: Cell<bool>,
+}
+
+/// Fails the [`Waiting`] queries whose deadline passed, until the pool is
+/// dropped.
+async fn expire(timeouts: Rc<Timeouts>) {
+    while !timeouts.closed.get() {
+        let front = timeouts.queue.borrow().front().map(|t| t.at);
+        match front {
+            None => timeouts.armed.notified().await,
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                // The pool closing.
+                () = timeouts.armed.notified() => {}
+            },
+        }
+        let now = tokio::time::Instant::now();
+        loop {
+            let due = {
+                let mut queue = timeouts.queue.borrow_mut();
+                match queue.front() {
+                    Some(t) if t.at <= now => queue.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(t) = due else { break };
+            if let Some(waiter) = t.slot.take(t.id, t.seq) {
+                waiter.then.reply(Reply::TimedOut);
+            }
+        }
+    }
+    // Lets go of the sockets the entries hold.
+    timeouts.queue.borrow_mut().clear();
 }
 
 /// The sockets of one worker to one upstream.
@@ -201,6 +309,9 @@ pub(crate) struct Pool {
     slots: RefCell<Vec<Rc<Slot>>>,
     next: Cell<usize>,
     seq: Cell<u64>,
+    /// Shared with the timer task, which ends when the pool is dropped.
+    timeouts: Rc<Timeouts>,
+    timer_started: Cell<bool>,
 }
 
 impl Pool {
@@ -211,6 +322,8 @@ impl Pool {
             slots: RefCell::new(Vec::with_capacity(POOL_SOCKETS)),
             next: Cell::new(0),
             seq: Cell::new(0),
+            timeouts: Rc::default(),
+            timer_started: Cell::new(false),
         }
     }
 
@@ -221,11 +334,59 @@ impl Pool {
 
     /// A socket and a fresh random id on it for `question`.
     pub(crate) fn register(&self, question: &Query) -> io::Result<Registration> {
-        let slot = self.pick()?;
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
+        let (slot, id) = self.reserve()?;
         let (tx, reply) = oneshot::channel();
-        let mut waiting = slot.waiting.borrow_mut();
+        let then = Then::Send {
+            question: question.clone(),
+            tx,
+        };
+        let seq = self.wait(&slot, id, then);
+        Ok(Registration {
+            slot,
+            id,
+            seq,
+            reply,
+        })
+    }
+
+    /// Sends `query` with a fresh id and leaves it waiting: it completes
+    /// with the answer, an error of its socket, or [`Reply::TimedOut`] at
+    /// `deadline`; at once with [`Reply::Failed`] if it cannot be sent.
+    pub(crate) fn send_waiting(&self, mut query: Box<dyn Waiting>, deadline: tokio::time::Instant) {
+        let (slot, id) = match self.reserve() {
+            Ok(reserved) => reserved,
+            Err(e) => return query.complete(Reply::Failed(e.kind())),
+        };
+        wire::set_id(query.wire(), id);
+        // Straight to the kernel: tokio's `try_send` refuses until the
+        // reactor has seen the (fresh) socket writable, and a UDP send does
+        // not block anyway (the kernel queues or drops).
+        if let Err(e) = socket2::SockRef::from(&slot.socket).send(query.wire()) {
+            return query.complete(Reply::Failed(e.kind()));
+        }
+        let seq = self.wait(&slot, id, Then::Call(query));
+        let was_empty = {
+            let mut queue = self.timeouts.queue.borrow_mut();
+            queue.push_back(Timeout {
+                at: deadline,
+                slot,
+                id,
+                seq,
+            });
+            queue.len() == 1
+        };
+        if !self.timer_started.replace(true) {
+            tokio::task::spawn_local(expire(self.timeouts.clone()));
+        }
+        if was_empty {
+            self.timeouts.armed.notify_one();
+        }
+    }
+
+    /// A socket and an id no query waiting on it has.
+    fn reserve(&self) -> io::Result<(Rc<Slot>, u16)> {
+        let slot = self.pick()?;
+        let waiting = slot.waiting.borrow();
         if waiting.len() >= MAX_WAITING {
             return Err(io::Error::other(
                 "too many queries waiting on one upstream socket",
@@ -238,22 +399,18 @@ impl Pool {
                 break id;
             }
         };
-        waiting.insert(
-            id,
-            Waiter {
-                seq,
-                question: question.clone(),
-                tx,
-            },
-        );
         drop(waiting);
+        Ok((slot, id))
+    }
+
+    /// Enters a waiter under `id` (from [`Pool::reserve`], with nothing
+    /// run in between); returns its sequence number.
+    fn wait(&self, slot: &Slot, id: u16, then: Then) -> u64 {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        slot.waiting.borrow_mut().insert(id, Waiter { seq, then });
         slot.used.set(slot.used.get() + 1);
-        Ok(Registration {
-            slot,
-            id,
-            seq,
-            reply,
-        })
+        seq
     }
 
     /// The next socket round-robin, opening or replacing it as needed.
@@ -286,6 +443,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        self.timeouts.closed.set(true);
+        self.timeouts.armed.notify_one();
         for slot in self.slots.borrow().iter() {
             slot.retired.set(true);
             slot.drained.notify_one();
