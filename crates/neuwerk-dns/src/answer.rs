@@ -5,8 +5,10 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::Message;
-use hickory_proto::rr::{DNSClass, Name, RData};
+use hickory_proto::rr::Name;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use crate::message;
 use crate::wire::{self, Section, WireError};
 
 /// Longest CNAME chain followed from the query name; real chains are a few
@@ -28,6 +30,8 @@ pub(crate) const MAX_TCP_MESSAGE: usize = u16::MAX as usize;
 pub(crate) enum AnswerError {
     #[error("malformed upstream answer: {0}")]
     Wire(#[from] WireError),
+    #[error("decoding the answer failed: {0}")]
+    Decode(#[from] hickory_proto::serialize::binary::DecodeError),
     #[error("re-encoding the answer failed: {0}")]
     Encode(#[from] hickory_proto::ProtoError),
 }
@@ -51,23 +55,57 @@ impl Learned {
     }
 }
 
+/// RR types and class read here.
+const TYPE_A: u16 = 1;
+const TYPE_CNAME: u16 = 5;
+const TYPE_AAAA: u16 = 28;
+const CLASS_IN: u16 = 1;
+
+/// The name at `at` in `b`, decoded by hickory-proto (which follows and
+/// bounds compression pointers); `None` if it is not a valid name.
+fn name_at(b: &[u8], at: usize) -> Option<Name> {
+    let mut d = BinDecoder::new(b).clone(u16::try_from(at).ok()?);
+    Name::read(&mut d).ok()
+}
+
+/// The name at `at` is a compression pointer to the question's name (the
+/// usual owner of an answer record), so it is that name.
+fn is_question_name(b: &[u8], at: usize) -> bool {
+    b.get(at..at + 2) == Some(&[0xc0, wire::HEADER_LEN as u8])
+}
+
 /// The A and AAAA records of the answer section owned by `qname` or by a
 /// name reached from it through the answer's CNAME chain. Records for any
 /// other name are ignored: only what answers the question becomes a grant.
 /// One entry per address, with the longest TTL seen for it.
-pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Learned {
+///
+/// `b` is an answer whose question is `qname` (checked when it was
+/// accepted) and whose records walk cleanly (checked by the same walk).
+pub(crate) fn chain_addresses(b: &[u8], qname: &Name) -> Learned {
+    let mut out = Learned::default();
+    let Ok((records, _)) = wire::Records::new(b) else {
+        return out;
+    };
+    let answers = || {
+        let mut records = records.clone();
+        std::iter::from_fn(move || records.next(b))
+            .map_while(Result::ok)
+            .filter(|s| s.section == Section::Answer && s.class == CLASS_IN)
+    };
+    // (owner, target) of each CNAME; most answers have none.
+    let cnames: Vec<(Name, Name)> = answers()
+        .filter(|s| s.rtype == TYPE_CNAME)
+        .filter_map(|s| Some((name_at(b, s.start)?, name_at(b, s.rdata)?)))
+        .collect();
     // The chain is bounded, so it lives on the stack.
     let mut chain: [&Name; MAX_CNAME_CHAIN + 1] = [qname; MAX_CNAME_CHAIN + 1];
     let mut len = 1;
     while len < chain.len() {
         let current = chain[len - 1];
-        let target = msg.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(c) if r.dns_class == DNSClass::IN && r.name == *current => Some(&c.0),
-            _ => None,
-        });
+        let target = cnames.iter().find(|(owner, _)| owner == current);
         match target {
             // A loop back into the chain ends it.
-            Some(t) if !chain[..len].contains(&t) => {
+            Some((_, t)) if !chain[..len].contains(&t) => {
                 chain[len] = t;
                 len += 1;
             }
@@ -76,21 +114,24 @@ pub(crate) fn chain_addresses(msg: &Message, qname: &Name) -> Learned {
     }
     let chain = &chain[..len];
 
-    let mut out = Learned::default();
-    for r in &msg.answers {
-        let addr = match &r.data {
-            RData::A(a) => IpAddr::V4(a.0),
-            RData::AAAA(a) => IpAddr::V6(a.0),
+    for s in answers() {
+        let rdata = &b[s.rdata..s.end];
+        let addr = match (s.rtype, rdata.len()) {
+            (TYPE_A, 4) => IpAddr::from(<[u8; 4]>::try_from(rdata).unwrap_or_default()),
+            (TYPE_AAAA, 16) => IpAddr::from(<[u8; 16]>::try_from(rdata).unwrap_or_default()),
             _ => continue,
         };
-        if r.dns_class != DNSClass::IN || !chain.contains(&&r.name) {
+        let owned = is_question_name(b, s.start)
+            || name_at(b, s.start).is_some_and(|owner| chain.contains(&&owner));
+        if !owned {
             continue;
         }
+        let ttl = wire::ttl(b, s.ttl_at);
         match out.addrs.iter().position(|a| *a == addr) {
-            Some(i) => out.ttls[i] = out.ttls[i].max(r.ttl),
+            Some(i) => out.ttls[i] = out.ttls[i].max(ttl),
             None => {
                 out.addrs.push(addr);
-                out.ttls.push(r.ttl);
+                out.ttls.push(ttl);
             }
         }
     }
@@ -127,11 +168,10 @@ pub(crate) struct Relayed {
 /// longer than its grant lives), the OPT record dropped if the client sent
 /// none (RFC 6891 §7), and cut to the client's size with TC=1.
 ///
-/// `decoded` is the same answer, decoded; it is re-encoded only in the rare
-/// case of an OPT record that is not the message's last record.
+/// The answer is decoded and re-encoded only in the rare case of an OPT
+/// record that is not the message's last record.
 pub(crate) fn relay(
     mut bytes: Vec<u8>,
-    decoded: &Message,
     client: &ClientView,
     max_ttl: u32,
 ) -> Result<(Vec<u8>, Relayed), AnswerError> {
@@ -155,7 +195,7 @@ pub(crate) fn relay(
             let arcount = wire::arcount(&bytes);
             wire::set_section_count(&mut bytes, Section::Additional, arcount - 1);
         } else {
-            bytes = reencode_without_edns(decoded, client.id, max_ttl)?;
+            bytes = reencode_without_edns(&bytes, client.id, max_ttl)?;
         }
     }
 
@@ -196,21 +236,18 @@ fn truncate(
     wire::set_section_count(bytes, Section::Additional, 0);
     wire::set_truncated(bytes);
     if edns {
-        // Root owner, type OPT, our payload size, the upstream's extended
-        // rcode/version/flags when it sent an OPT record, no options.
-        bytes.extend_from_slice(&[0, 0, 41]);
-        bytes.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
-        bytes.extend_from_slice(&opt_ttl.unwrap_or(0).to_be_bytes());
-        bytes.extend_from_slice(&[0, 0]);
+        // Our payload size, the upstream's extended rcode/version/flags
+        // when it sent an OPT record.
+        message::push_opt(bytes, opt_ttl.unwrap_or(0));
         wire::set_section_count(bytes, Section::Additional, 1);
     }
     Ok(())
 }
 
-/// The slow path of [`relay`]: encodes the decoded answer again without its
-/// OPT record, with the client's id and capped TTLs.
-fn reencode_without_edns(decoded: &Message, id: u16, max_ttl: u32) -> Result<Vec<u8>, AnswerError> {
-    let mut msg = decoded.clone();
+/// The slow path of [`relay`]: decodes the answer and encodes it again
+/// without its OPT record, with the client's id and capped TTLs.
+fn reencode_without_edns(bytes: &[u8], id: u16, max_ttl: u32) -> Result<Vec<u8>, AnswerError> {
+    let mut msg = Message::from_vec(bytes)?;
     msg.edns = None;
     msg.metadata.id = id;
     for r in msg
@@ -230,7 +267,7 @@ mod tests {
 
     use hickory_proto::op::{Edns, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
-    use hickory_proto::rr::{Record, RecordType};
+    use hickory_proto::rr::{RData, Record, RecordType};
 
     use super::*;
 
@@ -270,7 +307,7 @@ mod tests {
                 a("evil.example.org.", 60, [203, 0, 113, 6]),
             ],
         );
-        let got = chain_addresses(&m, &name("www.example.com."));
+        let got = chain_addresses(&m.to_vec().unwrap(), &name("www.example.com."));
         assert_eq!(
             got,
             Learned {
@@ -290,7 +327,7 @@ mod tests {
                 a("b.test.", 5, [10, 0, 0, 1]),
             ],
         );
-        let got = chain_addresses(&m, &name("a.test."));
+        let got = chain_addresses(&m.to_vec().unwrap(), &name("a.test."));
         assert_eq!(got.len(), 1);
     }
 
@@ -301,7 +338,8 @@ mod tests {
             .collect();
         recs.push(a("n40.test.", 5, [10, 0, 0, 1]));
         recs.push(a("n3.test.", 5, [10, 0, 0, 3]));
-        let got = chain_addresses(&response("n0.test.", recs), &name("n0.test."));
+        let bytes = response("n0.test.", recs).to_vec().unwrap();
+        let got = chain_addresses(&bytes, &name("n0.test."));
         assert_eq!(got.addrs, vec![IpAddr::from([10, 0, 0, 3])]);
     }
 
@@ -332,7 +370,7 @@ mod tests {
         edns.set_max_payload(1232);
         m.set_edns(edns);
         let bytes = m.to_vec().unwrap();
-        let (out, r) = relay(bytes, &m, &view(Some(1232), true), 600).unwrap();
+        let (out, r) = relay(bytes, &view(Some(1232), true), 600).unwrap();
         assert!(!r.truncated);
         let got = Message::from_vec(&out).unwrap();
         assert_eq!(got.id, 0x1234);
@@ -347,7 +385,7 @@ mod tests {
         m.add_additional(a("y.test.", 60, [1, 2, 3, 5]));
         m.set_edns(Edns::new());
         let bytes = m.to_vec().unwrap();
-        let (out, _) = relay(bytes.clone(), &m, &view(None, true), 600).unwrap();
+        let (out, _) = relay(bytes.clone(), &view(None, true), 600).unwrap();
         let got = Message::from_vec(&out).unwrap();
         assert!(got.edns.is_none());
         assert_eq!(got.additionals.len(), 1);
@@ -362,9 +400,8 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
         bytes.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 9, 9, 9, 9]);
         bytes[11] = 2;
-        let decoded = Message::from_vec(&bytes).unwrap();
-        assert!(decoded.edns.is_some());
-        let (out, _) = relay(bytes, &decoded, &view(None, true), 30).unwrap();
+        assert!(Message::from_vec(&bytes).unwrap().edns.is_some());
+        let (out, _) = relay(bytes, &view(None, true), 30).unwrap();
         let got = Message::from_vec(&out).unwrap();
         assert!(got.edns.is_none());
         assert_eq!(got.id, 0x1234);
@@ -382,7 +419,7 @@ mod tests {
         m.set_edns(Edns::new());
         let bytes = m.to_vec().unwrap();
 
-        let (out, r) = relay(bytes.clone(), &m, &view(None, true), 600).unwrap();
+        let (out, r) = relay(bytes.clone(), &view(None, true), 600).unwrap();
         assert!(r.truncated);
         assert!(out.len() <= 512);
         let got = Message::from_vec(&out).unwrap();
@@ -392,13 +429,13 @@ mod tests {
         assert!(got.additionals.is_empty());
         assert_eq!(got.queries.len(), 1);
 
-        let (out, r) = relay(bytes.clone(), &m, &view(Some(1000), true), 600).unwrap();
+        let (out, r) = relay(bytes.clone(), &view(Some(1000), true), 600).unwrap();
         assert!(r.truncated && out.len() <= 1000);
         let got = Message::from_vec(&out).unwrap();
         assert!(got.truncation);
         assert_eq!(got.edns.unwrap().max_payload(), EDNS_PAYLOAD);
 
-        let (out, r) = relay(bytes, &m, &view(Some(1000), false), 600).unwrap();
+        let (out, r) = relay(bytes, &view(Some(1000), false), 600).unwrap();
         assert!(!r.truncated);
         assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 100);
     }

@@ -8,6 +8,8 @@
 //! - `handler`: the single query path (decode, policy, upstream, grants, reply).
 //! - `upstream`: forwarding, timeouts, fallback, TCP retry.
 //! - `answer`: CNAME chain walk, address extraction, TTL capping, truncation.
+//! - `message`: the parts of a message the query path reads (with
+//!   hickory-proto, piecewise) and the few messages it writes.
 //! - `wire`: the few wire-format offsets the above patch in place.
 
 use std::future::Future;
@@ -25,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 mod answer;
 mod handler;
 mod listen;
+mod message;
 mod upstream;
 mod wire;
 mod worker;

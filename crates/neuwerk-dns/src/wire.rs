@@ -98,6 +98,19 @@ pub(crate) fn skip_name(b: &[u8], mut at: usize) -> Result<usize, WireError> {
     Err(WireError::BadLabel(at))
 }
 
+/// The name at `at` is written out in full: labels up to the root, no
+/// compression pointer.
+pub(crate) fn is_plain_name(b: &[u8], mut at: usize) -> bool {
+    for _ in 0..128 {
+        match b.get(at) {
+            Some(0) => return true,
+            Some(&len) if len & 0xc0 == 0 => at += 1 + len as usize,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Which section a record is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {
@@ -113,13 +126,18 @@ pub(crate) struct Span {
     pub start: usize,
     pub end: usize,
     pub rtype: u16,
+    /// The CLASS field (for OPT, the sender's UDP payload size).
+    pub class: u16,
     /// Offset of the 4-byte TTL field.
     pub ttl_at: usize,
+    /// Offset of the RDATA, which runs to `end`.
+    pub rdata: usize,
 }
 
 /// Walks the records of a message after its question section. Not an
 /// `Iterator`: the buffer is passed to each step so the caller may patch it
 /// between steps.
+#[derive(Debug, Clone)]
 pub(crate) struct Records {
     at: usize,
     /// Records left per section (answer, authority, additional).
@@ -151,6 +169,7 @@ impl Records {
         let start = self.at;
         let span = skip_name(buf, start).and_then(|name_end| {
             let rtype = u16_at(buf, name_end)?;
+            let class = u16_at(buf, name_end + 2)?;
             let rdlen = u16_at(buf, name_end + 8)? as usize;
             let end = name_end + 10 + rdlen;
             if end > buf.len() {
@@ -161,7 +180,9 @@ impl Records {
                 start,
                 end,
                 rtype,
+                class,
                 ttl_at: name_end + 4,
+                rdata: name_end + 10,
             })
         });
         match &span {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::Name;
 use neuwerk_core::config::{DenyResponse, DnsConfig};
 use neuwerk_core::events::DnsObserver;
@@ -14,8 +14,9 @@ use neuwerk_core::grants::{Grant, GrantSink};
 use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
 use neuwerk_core::time::monotonic_ns;
 
-use crate::answer::{self, ClientView, Learned, EDNS_PAYLOAD};
+use crate::answer::{self, ClientView, Learned};
 use crate::listen::Query;
+use crate::message::{self, Parsed};
 use crate::upstream::{Answer, Request, ResolveError, Upstreams};
 use crate::wire::{self, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP};
 use crate::{ProxyContext, Transport};
@@ -46,8 +47,8 @@ pub(crate) struct Ask {
     grant_to: Option<(Arc<str>, PortSet)>,
     /// The upstream query.
     pub(crate) request: Request,
-    /// The client's query, decoded (for error replies).
-    msg: Message,
+    /// The client's query as read (for error replies).
+    parsed: Parsed,
 }
 
 /// A query on its way to the upstream, between [`Handler::begin`] and
@@ -175,16 +176,14 @@ impl Handler {
         if wire::qdcount(b) != 1 {
             return Err(formerr());
         }
-        let Ok(msg) = Message::from_vec(b) else {
+        let Ok(parsed) = message::read_query(b) else {
             return Err(formerr());
         };
-        let Some(question) = msg.queries.first() else {
-            return Err(formerr());
-        };
+        let question = &parsed.question;
         facts.qtype = Some(question.query_type());
         let client = ClientView {
-            id: msg.id,
-            edns_payload: msg.edns.as_ref().map(Edns::max_payload),
+            id: parsed.header.metadata.id,
+            edns_payload: parsed.opt.map(|o| o.payload),
             udp: query.transport == Transport::Udp,
         };
 
@@ -195,24 +194,15 @@ impl Handler {
                 None
             }
             Verdict::Deny(reason) => {
-                let reply = error_reply(&msg, b, self.deny_rcode);
+                let reply = message::error_reply(b, &parsed, self.deny_rcode);
                 return Err((Outcome::Denied(reason), Some(reply)));
-            }
-        };
-        let request = match Request::new(&msg, question) {
-            Ok(request) => request,
-            Err(e) => {
-                let error = ResolveError::from(e);
-                let rcode = error.rcode();
-                let reply = error_reply(&msg, b, rcode);
-                return Err((Outcome::UpstreamFailed { rcode, error }, Some(reply)));
             }
         };
         Ok(Ask {
             client,
             grant_to,
-            request,
-            msg,
+            request: Request::new(b, &parsed),
+            parsed,
         })
     }
 
@@ -239,34 +229,33 @@ impl Handler {
         resolved: Result<Answer, ResolveError>,
         facts: &mut Facts,
     ) -> (Outcome, Vec<u8>) {
-        let (msg, b) = (&ask.msg, &query.bytes[..]);
+        let (parsed, b) = (&ask.parsed, &query.bytes[..]);
         let answer = match resolved {
             Ok(answer) => answer,
             Err(error) => {
                 let rcode = error.rcode();
-                let reply = error_reply(msg, b, rcode);
+                let reply = message::error_reply(b, parsed, rcode);
                 return (Outcome::UpstreamFailed { rcode, error }, reply);
             }
         };
-        let rcode = answer.msg.response_code;
+        let rcode = answer.rcode;
         // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
         // Nor for an audited name: its network's traffic passes anyway.
         let learned = match &ask.grant_to {
             Some(_) if rcode == ResponseCode::NoError => {
-                answer::chain_addresses(&answer.msg, ask.request.question.name())
+                answer::chain_addresses(&answer.bytes, ask.request.question.name())
             }
             _ => Learned::default(),
         };
         // Prepared before learning, so that nothing is learned for an
         // answer that cannot be sent.
-        let (reply, relayed) =
-            match answer::relay(answer.bytes, &answer.msg, &ask.client, self.max_ttl) {
-                Ok(prepared) => prepared,
-                Err(e) => {
-                    let reply = error_reply(msg, b, ResponseCode::ServFail);
-                    return (Outcome::RelayFailed(e), reply);
-                }
-            };
+        let (reply, relayed) = match answer::relay(answer.bytes, &ask.client, self.max_ttl) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
+                return (Outcome::RelayFailed(e), reply);
+            }
+        };
         if let (Some((network, ports)), false) = (&ask.grant_to, learned.is_empty()) {
             let now = monotonic_ns();
             let hostname: Arc<str> = facts.name.as_str().into();
@@ -283,7 +272,7 @@ impl Handler {
                 })
                 .collect();
             if let Err(e) = self.grants.learn(&batch) {
-                let reply = error_reply(msg, b, ResponseCode::ServFail);
+                let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
                 return (Outcome::LearnFailed(e), reply);
             }
             facts.grant_commit = Some(answer.received.elapsed());
@@ -369,25 +358,6 @@ fn policy_name(name: &Name) -> Option<String> {
         }
     }
     Some(s)
-}
-
-/// A reply with `rcode`, the client's id, flags and question echoed, and an
-/// OPT record if the client sent one.
-fn error_reply(query: &Message, raw: &[u8], rcode: ResponseCode) -> Vec<u8> {
-    let mut m = Message::error_msg(query.id, query.op_code, rcode);
-    m.metadata.recursion_desired = query.recursion_desired;
-    m.metadata.recursion_available = true;
-    m.metadata.checking_disabled = query.checking_disabled;
-    m.add_queries(query.queries.iter().cloned());
-    if let Some(client_edns) = &query.edns {
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD);
-        edns.set_dnssec_ok(client_edns.flags().dnssec_ok);
-        m.set_edns(edns);
-    }
-    // The question was just decoded, so encoding it cannot really fail.
-    m.to_vec()
-        .unwrap_or_else(|_| wire::header_reply(raw, u16::from(rcode) as u8))
 }
 
 #[cfg(test)]

@@ -6,14 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::ProtoError;
+use hickory_proto::op::{Query, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
-use crate::answer::EDNS_PAYLOAD;
+use crate::message::{self, Parsed};
 use crate::wire::{self, HEADER_LEN};
 
 pub(crate) mod pool;
@@ -34,24 +33,12 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// The upstream query for the client's `msg`: its question and flags,
-    /// EDNS with our payload size and the client's DO bit. The client's
-    /// other EDNS options (client subnet, cookies) are not forwarded: they
-    /// describe the client, whom the upstream is not talking to.
-    pub(crate) fn new(msg: &Message, question: &Query) -> Result<Request, ProtoError> {
-        let mut m = Message::new(0, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = msg.recursion_desired;
-        m.metadata.checking_disabled = msg.checking_disabled;
-        m.metadata.authentic_data = msg.authentic_data;
-        m.add_query(question.clone());
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD);
-        edns.set_dnssec_ok(msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
-        m.set_edns(edns);
-        Ok(Request {
-            wire: m.to_vec()?,
-            question: m.queries.swap_remove(0),
-        })
+    /// The upstream query for the client's `query`, read as `parsed`.
+    pub(crate) fn new(query: &[u8], parsed: &Parsed) -> Request {
+        Request {
+            question: parsed.question.clone(),
+            wire: message::upstream_query(query, parsed),
+        }
     }
 }
 
@@ -67,10 +54,10 @@ pub(crate) struct Resume {
     last_rcode: Option<ResponseCode>,
 }
 
-/// An accepted upstream answer: decoded, and the bytes as received.
+/// An accepted upstream answer: the bytes as received, and its rcode.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub msg: Message,
+    pub rcode: ResponseCode,
     pub bytes: Vec<u8>,
     /// When the answer was read off the socket (for the grant-commit time).
     pub received: std::time::Instant,
@@ -90,8 +77,6 @@ pub(crate) enum TryError {
 /// Why no answer can be relayed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ResolveError {
-    #[error("cannot encode the upstream query: {0}")]
-    Encode(#[from] ProtoError),
     #[error("no upstream answered")]
     Exhausted {
         /// The last SERVFAIL or REFUSED an upstream sent, relayed as is.
@@ -231,24 +216,22 @@ async fn tcp_try(
 /// SERVFAIL and REFUSED are failures of this upstream: the next one may do
 /// better.
 fn judge(answer: Answer) -> Result<Answer, TryError> {
-    match answer.msg.response_code {
+    match answer.rcode {
         rc @ (ResponseCode::ServFail | ResponseCode::Refused) => Err(TryError::Rcode(rc)),
         _ => Ok(answer),
     }
 }
 
-/// The answer to our query if `buf` is one: a response with our id and our
-/// question. Anything else (late answers, spoofing attempts) is ignored.
-fn accept(buf: &[u8], id: u16, question: &Query) -> Option<Message> {
+/// The answer to our query if `buf` is one: a well-formed response with
+/// our id and our question. Anything else (late answers, spoofing
+/// attempts) is ignored.
+fn accept(buf: &[u8], id: u16, question: &Query) -> Option<Parsed> {
     // Cheap checks before decoding.
     if buf.len() < HEADER_LEN || wire::id(buf) != id || !wire::is_response(buf) {
         return None;
     }
-    let msg = Message::from_vec(buf).ok()?;
-    (msg.message_type == MessageType::Response
-        && msg.queries.len() == 1
-        && msg.queries[0] == *question)
-        .then_some(msg)
+    let parsed = message::read(buf).ok()?;
+    (parsed.question == *question).then_some(parsed)
 }
 
 /// Sends over one of the pool's UDP sockets and waits for the matching
@@ -297,9 +280,9 @@ async fn exchange_tcp(
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
             let received = std::time::Instant::now();
-            if let Some(msg) = accept(&buf, id, question) {
+            if let Some(parsed) = accept(&buf, id, question) {
                 return Ok::<_, io::Error>(Answer {
-                    msg,
+                    rcode: parsed.rcode(),
                     bytes: buf,
                     received,
                 });
