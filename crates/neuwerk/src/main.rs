@@ -22,6 +22,24 @@ use neuwerk_mgmt::{ApiTarget, ClientError, MonitorFilter};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for this process. mimalloc advises them on
+/// its arenas, and under the usual `defrag=madvise` setting a page fault
+/// there allocates a 2 MiB page on the spot, compacting memory first if it
+/// must: stalls of milliseconds on the DNS path while learned state grows.
+/// In the DNS benchmark (5k qps, every name new) P99.9 was 5-18 ms with
+/// them and 2.5-3 ms without. Best effort: a kernel without the call just
+/// keeps its default.
+fn disable_huge_pages() {
+    // SAFETY: prctl with integer arguments only; touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "neuwerk: cannot turn transparent huge pages off: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 const DEFAULT_CONFIG: &str = "/etc/neuwerk/config.yaml";
 
 #[derive(Parser)]
@@ -116,6 +134,7 @@ impl ApiArgs {
 }
 
 fn main() -> ExitCode {
+    disable_huge_pages();
     match Cli::parse().command {
         Command::Run { config } => run(&config),
         Command::Policy {
