@@ -25,6 +25,7 @@ use neuwerk_core::policy::Policy;
 use tokio::sync::{mpsc, watch};
 
 mod answer;
+mod batch;
 mod handler;
 mod listen;
 mod message;

@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hickory_proto::op::Query as Question;
+use std::os::fd::AsRawFd;
+
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::Query;
+use crate::batch::{self, RecvBatch};
 use crate::handler::{Begin, Forward, Handler};
 use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
 use crate::Transport;
@@ -28,6 +31,9 @@ use crate::Transport;
 /// and the kernel's receive queue absorbs (or drops) the excess, which
 /// bounds memory and upstream sockets under a flood.
 pub(crate) const MAX_UDP_INFLIGHT: usize = 4096;
+/// Longest query read over UDP; longer ones are dropped. Real queries are
+/// a few hundred bytes (the same bound as over TCP).
+const MAX_UDP_QUERY: usize = 4096;
 
 /// One listening socket and what its queries share.
 struct Listener {
@@ -50,15 +56,20 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
         inflight: Cell::new(0),
         room: Notify::new(),
     });
-    // Reused for every datagram; each query gets an exact-size copy.
-    let mut buf = vec![0u8; u16::MAX as usize];
+    // Reused for every batch; each query gets an exact-size copy.
+    let mut batch = RecvBatch::new(MAX_UDP_QUERY);
+    let fd = listener.socket.as_raw_fd();
     loop {
         if listener.inflight.get() >= MAX_UDP_INFLIGHT {
             listener.room.notified().await;
             continue;
         }
-        let (n, peer) = match listener.socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        let received = match listener
+            .socket
+            .async_io(batch::READ, || batch.recv(fd))
+            .await
+        {
+            Ok(n) => n,
             Err(e) => {
                 // Not expected on an unconnected socket; the pause keeps a
                 // persistent error from spinning the loop.
@@ -67,13 +78,21 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
                 continue;
             }
         };
-        let query = Query {
-            bytes: Bytes::copy_from_slice(&buf[..n]),
-            peer,
-            transport: Transport::Udp,
-            received: Instant::now(),
-        };
-        listener.begin(query);
+        let now = Instant::now();
+        for i in 0..received {
+            let (bytes, peer) = batch.get(i);
+            let Some(peer) = peer else { continue };
+            if batch.cut(i) {
+                debug!(%peer, "query longer than {MAX_UDP_QUERY} bytes dropped");
+                continue;
+            }
+            listener.begin(Query {
+                bytes: Bytes::copy_from_slice(bytes),
+                peer,
+                transport: Transport::Udp,
+                received: now,
+            });
+        }
     }
 }
 

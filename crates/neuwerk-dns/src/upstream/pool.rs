@@ -31,11 +31,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use hickory_proto::op::Query;
+use std::os::fd::AsRawFd;
+
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
 use super::{accept, Answer, MAX_UDP_ANSWER};
+use crate::batch::{self, RecvBatch};
 use crate::wire;
 
 /// Sockets per upstream per worker. More sockets mean more ports for a
@@ -204,11 +207,17 @@ impl Slot {
 
 /// Reads answers until the socket is retired and nobody waits on it.
 async fn receive(slot: Rc<Slot>, server: SocketAddr) {
-    let mut buf = vec![0u8; MAX_UDP_ANSWER];
+    let mut batch = RecvBatch::new(MAX_UDP_ANSWER);
+    let fd = slot.socket.as_raw_fd();
     loop {
         tokio::select! {
-            read = slot.socket.recv(&mut buf) => match read {
-                Ok(n) => slot.deliver(&buf[..n], Instant::now()),
+            read = slot.socket.async_io(batch::READ, || batch.recv(fd)) => match read {
+                Ok(n) => {
+                    let now = Instant::now();
+                    for i in 0..n {
+                        slot.deliver(batch.get(i).0, now);
+                    }
+                }
                 Err(e) => {
                     debug!(%server, error = %e, "upstream socket error");
                     slot.fail_all(&e);
