@@ -1,11 +1,11 @@
-//! Receiving datagrams in batches: one `recvmmsg` for everything a socket
-//! has queued, up to [`BATCH`], instead of a `recvfrom` per datagram plus
-//! the one that finds the queue empty.
+//! Datagrams in batches: one `recvmmsg` for everything a socket has
+//! queued, up to [`BATCH`], instead of a `recvfrom` per datagram plus the
+//! one that finds the queue empty; one `sendmmsg` for what a batch sends
+//! on one socket.
 //!
-//! Neither tokio nor socket2 offers `recvmmsg`; nix's borrows its buffers
-//! anew on every call. This is the syscall over one set of buffers owned
-//! by the loop that reads the socket, with the headers rebuilt on the
-//! stack per call (no allocation).
+//! Neither tokio nor socket2 offers these; nix's borrow their buffers anew
+//! on every call. These are the syscalls over buffers the caller owns,
+//! with the headers built on the stack per call (no allocation).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -115,6 +115,53 @@ impl RecvBatch {
     }
 }
 
+/// Sends each datagram of `msgs` (bytes, and the address unless the socket
+/// is connected) with as few `sendmmsg` calls as it takes, without
+/// blocking; `failed` gets the index and error of each one not sent.
+pub(crate) fn send_all(
+    fd: RawFd,
+    msgs: &[(&[u8], Option<&SockAddr>)],
+    mut failed: impl FnMut(usize, io::Error),
+) {
+    let mut start = 0;
+    while start < msgs.len() {
+        let chunk = &msgs[start..msgs.len().min(start + BATCH)];
+        let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
+        // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, (data, to)) in chunk.iter().enumerate() {
+            let iov = iovs[i].write(libc::iovec {
+                iov_base: data.as_ptr().cast_mut().cast(),
+                iov_len: data.len(),
+            });
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            if let Some(to) = to {
+                h.msg_name = to.as_ptr().cast_mut().cast();
+                h.msg_namelen = to.len();
+            }
+        }
+        // SAFETY: every header points at live buffers with their true
+        // lengths; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                chunk.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            // The first datagram of the chunk failed; go on after it.
+            failed(start, io::Error::last_os_error());
+            start += 1;
+        } else {
+            start += n as usize;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::UdpSocket;
@@ -148,6 +195,30 @@ mod tests {
 
         let empty = batch.recv(rx.as_raw_fd()).unwrap_err();
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn sends_all_and_reports_each_failure() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = SockAddr::from(rx.local_addr().unwrap());
+        // An IPv6 address on an IPv4 socket fails; the rest still go.
+        let bad = SockAddr::from("[::1]:9".parse::<SocketAddr>().unwrap());
+        let payloads: Vec<Vec<u8>> = (0..BATCH as u8 + 3).map(|i| vec![i]).collect();
+        let mut msgs: Vec<(&[u8], Option<&SockAddr>)> =
+            payloads.iter().map(|p| (&p[..], Some(&to))).collect();
+        msgs[1].1 = Some(&bad);
+        let mut failures = Vec::new();
+        send_all(tx.as_raw_fd(), &msgs, |i, _| failures.push(i));
+        assert_eq!(failures, [1]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut batch = RecvBatch::new(16);
+        let mut got = Vec::new();
+        while let Ok(n) = batch.recv(rx.as_raw_fd()) {
+            got.extend((0..n).map(|i| batch.get(i).0[0]));
+        }
+        let want: Vec<u8> = (0..BATCH as u8 + 3).filter(|&i| i != 1).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod batch;
 mod handler;
 mod listen;
 mod message;
+mod outbox;
 mod upstream;
 mod wire;
 mod worker;

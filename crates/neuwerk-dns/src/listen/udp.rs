@@ -7,7 +7,7 @@
 //! A task per datagram (spawn, wake-up, a channel to hand the answer over)
 //! was a quarter of the proxy's userspace time.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hickory_proto::op::Query as Question;
 use std::os::fd::AsRawFd;
 
+use socket2::SockAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -24,6 +25,7 @@ use tracing::{debug, warn};
 use super::Query;
 use crate::batch::{self, RecvBatch};
 use crate::handler::{Begin, Forward, Handler};
+use crate::outbox::{self, Flush};
 use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
 use crate::Transport;
 
@@ -44,6 +46,8 @@ struct Listener {
     inflight: Cell<usize>,
     /// Signalled when `inflight` falls below the cap.
     room: Notify,
+    /// Replies waiting for the end of the batch (see [`outbox`]).
+    outbox: RefCell<Vec<(Vec<u8>, SockAddr)>>,
 }
 
 /// Receives datagrams until dropped (the server's shutdown drops it, and
@@ -55,6 +59,7 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
         upstreams,
         inflight: Cell::new(0),
         room: Notify::new(),
+        outbox: RefCell::default(),
     });
     // Reused for every batch; each query gets an exact-size copy.
     let mut batch = RecvBatch::new(MAX_UDP_QUERY);
@@ -79,6 +84,8 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
             }
         };
         let now = Instant::now();
+        // Replies and upstream queries of this batch go out together.
+        let _batch = outbox::scope();
         for i in 0..received {
             let (bytes, peer) = batch.get(i);
             let Some(peer) = peer else { continue };
@@ -149,21 +156,52 @@ impl Listener {
         }
     }
 
+    /// Sends a reply now, or at the end of the batch if one is open.
     fn send(self: &Rc<Self>, reply: Vec<u8>, peer: SocketAddr) {
+        let to = SockAddr::from(peer);
+        if outbox::deferring() {
+            let mut queue = self.outbox.borrow_mut();
+            if queue.is_empty() {
+                outbox::queued(self.clone());
+            }
+            queue.push((reply, to));
+            return;
+        }
         // Straight to the kernel (tokio's `try_send_to` refuses until the
         // reactor has seen the socket writable).
-        match socket2::SockRef::from(&self.socket).send_to(&reply, &peer.into()) {
-            Ok(_) => {}
-            // The socket's send buffer is full: wait for room in a task.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let this = self.clone();
-                tokio::task::spawn_local(async move {
-                    if let Err(e) = this.socket.send_to(&reply, peer).await {
-                        debug!(%peer, error = %e, "UDP reply not sent");
-                    }
-                });
+        if let Err(e) = socket2::SockRef::from(&self.socket).send_to(&reply, &to) {
+            self.unsent(reply, peer, e);
+        }
+    }
+
+    /// A reply the kernel did not take: if only for want of buffer room,
+    /// it waits for room in a task.
+    fn unsent(self: &Rc<Self>, reply: Vec<u8>, peer: SocketAddr, e: std::io::Error) {
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            debug!(%peer, error = %e, "UDP reply not sent");
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = this.socket.send_to(&reply, peer).await {
+                debug!(%peer, error = %e, "UDP reply not sent");
             }
-            Err(e) => debug!(%peer, error = %e, "UDP reply not sent"),
+        });
+    }
+}
+
+impl Flush for Listener {
+    fn flush(self: Rc<Self>) {
+        let queue = std::mem::take(&mut *self.outbox.borrow_mut());
+        let msgs: Vec<(&[u8], Option<&SockAddr>)> =
+            queue.iter().map(|(r, to)| (&r[..], Some(to))).collect();
+        let mut unsent = Vec::new();
+        batch::send_all(self.socket.as_raw_fd(), &msgs, |i, e| unsent.push((i, e)));
+        for (i, e) in unsent {
+            let (reply, to) = &queue[i];
+            if let Some(peer) = to.as_socket() {
+                self.unsent(reply.clone(), peer, e);
+            }
         }
     }
 }
@@ -184,6 +222,10 @@ impl Waiting for Pending {
 
     fn wire(&mut self) -> &mut [u8] {
         &mut self.fwd.ask.request.wire
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.fwd.ask.request.wire
     }
 
     fn complete(self: Box<Self>, reply: Reply) {

@@ -33,18 +33,23 @@ use std::time::Instant;
 use hickory_proto::op::Query;
 use std::os::fd::AsRawFd;
 
+use socket2::SockAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
 use super::{accept, Answer, MAX_UDP_ANSWER};
 use crate::batch::{self, RecvBatch};
+use crate::outbox::{self, Flush};
 use crate::wire;
 
 /// Sockets per upstream per worker. More sockets mean more ports for a
 /// spoofer to guess and fewer id collisions to retry; each costs a
 /// descriptor and a receive task.
 pub(crate) const POOL_SOCKETS: usize = 8;
+/// Consecutive queries sent on one socket before the next one's turn, so
+/// that a batch's queries leave in few `sendmmsg` calls.
+const SLOT_RUN: usize = 16;
 /// Queries a socket carries before a fresh one (with a fresh random port)
 /// takes its place.
 pub(crate) const ROTATE_AFTER: u32 = 8192;
@@ -74,6 +79,8 @@ pub(crate) trait Waiting {
     fn question(&self) -> &Query;
     /// The upstream query; its id is set before it is sent.
     fn wire(&mut self) -> &mut [u8];
+    /// The same, to send.
+    fn bytes(&self) -> &[u8];
     /// Takes the reply.
     fn complete(self: Box<Self>, reply: Reply);
 }
@@ -123,6 +130,9 @@ struct Slot {
     /// Replaced in the pool: its receive task ends once nobody waits.
     retired: Cell<bool>,
     drained: Notify,
+    /// (id, seq) of [`Waiting`] queries to send at the end of the batch
+    /// (see [`outbox`]).
+    outbox: RefCell<Vec<(u16, u64)>>,
 }
 
 impl Slot {
@@ -143,6 +153,7 @@ impl Slot {
             used: Cell::new(0),
             retired: Cell::new(false),
             drained: Notify::new(),
+            outbox: RefCell::default(),
         });
         tokio::task::spawn_local(receive(slot.clone(), server));
         Ok(slot)
@@ -205,6 +216,38 @@ impl Slot {
     }
 }
 
+impl Flush for Slot {
+    /// Sends the queued queries that still wait; one the kernel refuses
+    /// fails at once, as an unqueued send would.
+    fn flush(self: Rc<Self>) {
+        let queue = std::mem::take(&mut *self.outbox.borrow_mut());
+        let mut unsent = Vec::new();
+        {
+            let waiting = self.waiting.borrow();
+            let sendable: Vec<(u16, u64, &[u8])> = queue
+                .iter()
+                .filter_map(|&(id, seq)| match waiting.get(&id) {
+                    Some(Waiter {
+                        seq: s,
+                        then: Then::Call(w),
+                    }) if *s == seq => Some((id, seq, w.bytes())),
+                    _ => None,
+                })
+                .collect();
+            let msgs: Vec<(&[u8], Option<&SockAddr>)> =
+                sendable.iter().map(|&(_, _, b)| (b, None)).collect();
+            batch::send_all(self.socket.as_raw_fd(), &msgs, |i, e| {
+                unsent.push((sendable[i].0, sendable[i].1, e.kind()));
+            });
+        }
+        for (id, seq, kind) in unsent {
+            if let Some(waiter) = self.take(id, seq) {
+                waiter.then.reply(Reply::Failed(kind));
+            }
+        }
+    }
+}
+
 /// Reads answers until the socket is retired and nobody waits on it.
 async fn receive(slot: Rc<Slot>, server: SocketAddr) {
     let mut batch = RecvBatch::new(MAX_UDP_ANSWER);
@@ -214,6 +257,8 @@ async fn receive(slot: Rc<Slot>, server: SocketAddr) {
             read = slot.socket.async_io(batch::READ, || batch.recv(fd)) => match read {
                 Ok(n) => {
                     let now = Instant::now();
+                    // The replies of this batch go out together.
+                    let _batch = outbox::scope();
                     for i in 0..n {
                         slot.deliver(batch.get(i).0, now);
                     }
@@ -367,13 +412,23 @@ impl Pool {
             Err(e) => return query.complete(Reply::Failed(e.kind())),
         };
         wire::set_id(query.wire(), id);
+        let deferred = outbox::deferring();
         // Straight to the kernel: tokio's `try_send` refuses until the
         // reactor has seen the (fresh) socket writable, and a UDP send does
         // not block anyway (the kernel queues or drops).
-        if let Err(e) = socket2::SockRef::from(&slot.socket).send(query.wire()) {
-            return query.complete(Reply::Failed(e.kind()));
+        if !deferred {
+            if let Err(e) = socket2::SockRef::from(&slot.socket).send(query.wire()) {
+                return query.complete(Reply::Failed(e.kind()));
+            }
         }
         let seq = self.wait(&slot, id, Then::Call(query));
+        if deferred {
+            let mut queue = slot.outbox.borrow_mut();
+            if queue.is_empty() {
+                outbox::queued(slot.clone());
+            }
+            queue.push((id, seq));
+        }
         let was_empty = {
             let mut queue = self.timeouts.queue.borrow_mut();
             queue.push_back(Timeout {
@@ -425,8 +480,9 @@ impl Pool {
     /// The next socket round-robin, opening or replacing it as needed.
     /// Nothing here awaits, so the slot list cannot change under it.
     fn pick(&self) -> io::Result<Rc<Slot>> {
-        let i = self.next.get();
-        self.next.set((i + 1) % POOL_SOCKETS);
+        let n = self.next.get();
+        self.next.set(n.wrapping_add(1));
+        let i = (n / SLOT_RUN) % POOL_SOCKETS;
         let current = self.slots.borrow().get(i).cloned();
         match current {
             Some(slot) if slot.used.get() < ROTATE_AFTER => Ok(slot),
@@ -531,7 +587,7 @@ mod tests {
             let old_port = old.socket.local_addr().unwrap().port();
             // Wear the socket out; its next turn gets a fresh one.
             old.used.set(ROTATE_AFTER);
-            for _ in 1..POOL_SOCKETS {
+            for _ in 1..POOL_SOCKETS * SLOT_RUN {
                 drop(pool.register(&q).unwrap());
             }
             let second = pool.register(&q).unwrap();
