@@ -11,6 +11,8 @@
 //! - `message`: the parts of a message the query path reads (with
 //!   hickory-proto, piecewise) and the few messages it writes.
 //! - `wire`: the few wire-format offsets the above patch in place.
+//! - `batch`, `outbox`: datagrams read and sent in batches (`recvmmsg`,
+//!   `sendmmsg`), with a batch's sends held until it is handled.
 
 use std::future::Future;
 use std::io;
