@@ -17,19 +17,19 @@ use crate::stats::dup_map_fd;
 /// `enum bpf_cmd` value of BPF_MAP_DELETE_BATCH.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
-/// `bpf_attr.batch`.
+/// `bpf_attr.batch` (also used for BPF_MAP_UPDATE_BATCH, see grant_map.rs).
 #[repr(C)]
 #[derive(Debug, Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
+pub(crate) struct BatchAttr {
+    pub(crate) in_batch: u64,
+    pub(crate) out_batch: u64,
+    pub(crate) keys: u64,
+    pub(crate) values: u64,
     /// In: keys given; out: keys processed.
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+    pub(crate) count: u32,
+    pub(crate) map_fd: u32,
+    pub(crate) elem_flags: u64,
+    pub(crate) flags: u64,
 }
 
 /// A handle on one hash map for batch deletions.
@@ -104,6 +104,7 @@ mod tests {
     fn attr_layout_is_the_kernels() {
         assert_eq!(std::mem::size_of::<BatchAttr>(), 56);
         assert_eq!(std::mem::offset_of!(BatchAttr, keys), 16);
+        assert_eq!(std::mem::offset_of!(BatchAttr, values), 24);
         assert_eq!(std::mem::offset_of!(BatchAttr, count), 32);
         assert_eq!(std::mem::offset_of!(BatchAttr, map_fd), 36);
         assert_eq!(std::mem::offset_of!(BatchAttr, elem_flags), 40);

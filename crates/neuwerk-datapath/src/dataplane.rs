@@ -126,6 +126,33 @@ impl Interned {
         self.cache.insert(ps.clone(), ids.into_boxed_slice());
         Ok(())
     }
+
+    /// The grant map row of (network, addr) holding `entries`, interning
+    /// (and writing) new port sets.
+    fn grant_row(
+        &mut self,
+        network: &str,
+        addr: IpAddr,
+        entries: &[GrantEntry<'_>],
+    ) -> Result<(abi::GrantKey, abi::GrantValue), GrantError> {
+        let net_id = self
+            .ids
+            .get(network)
+            .ok_or_else(|| GrantError::UnknownNetwork(network.into()))?;
+        let mut slots = Slots::default();
+        for e in entries {
+            self.each_portset_id(e.ports, |id| slots.add(id, e.expires_ns))
+                .map_err(|e| GrantError::Backend {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        }
+        let key = abi::GrantKey {
+            net_id,
+            addr: addr_bytes(addr),
+        };
+        Ok((key, slots.into_value()))
+    }
 }
 
 /// The loaded, attached dataplane.
@@ -385,6 +412,13 @@ fn delete_rows(m: &mut Maps, keys: &RowKeys) {
     }
 }
 
+fn update_error(addr: IpAddr, e: std::io::Error) -> GrantError {
+    GrantError::Backend {
+        addr,
+        reason: format!("updating nw_grants: {e}"),
+    }
+}
+
 impl GrantBackend for Dataplane {
     /// Ids are looked up (and new port sets interned and written) under the
     /// interning lock; the grant itself is written after it is released.
@@ -396,27 +430,42 @@ impl GrantBackend for Dataplane {
         addr: IpAddr,
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError> {
-        let backend = |reason: String| GrantError::Backend { addr, reason };
-        let (net_id, slots) = {
-            let mut g = self.interned();
-            let net_id = g
-                .ids
-                .get(network)
-                .ok_or_else(|| GrantError::UnknownNetwork(network.into()))?;
-            let mut slots = Slots::default();
-            for e in entries {
-                g.each_portset_id(e.ports, |id| slots.add(id, e.expires_ns))
-                    .map_err(|e| backend(e.to_string()))?;
-            }
-            (net_id, slots)
-        };
-        let key = abi::GrantKey {
-            net_id,
-            addr: addr_bytes(addr),
-        };
+        let (key, value) = self.interned().grant_row(network, addr, entries)?;
         self.grants
-            .update(&key, &slots.into_value())
-            .map_err(|e| backend(format!("updating nw_grants: {e}")))
+            .update(&key, &value)
+            .map_err(|e| update_error(addr, e))
+    }
+
+    /// As `write`, for many keys: one hold of the interning lock for all
+    /// their rows, then, after it, one batch update (a syscall per 256).
+    fn write_many(
+        &self,
+        items: &[(&str, IpAddr, &[GrantEntry<'_>])],
+    ) -> Vec<Result<(), GrantError>> {
+        let mut results = Vec::with_capacity(items.len());
+        // The rows to write, and for each the index of its item.
+        let mut keys = Vec::with_capacity(items.len());
+        let mut values = Vec::with_capacity(items.len());
+        let mut item_of = Vec::with_capacity(items.len());
+        {
+            let mut g = self.interned();
+            for (i, &(network, addr, entries)) in items.iter().enumerate() {
+                match g.grant_row(network, addr, entries) {
+                    Ok((key, value)) => {
+                        keys.push(key);
+                        values.push(value);
+                        item_of.push(i);
+                        results.push(Ok(()));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+        }
+        self.grants.update_many(&keys, &values, |j, e| {
+            let i = item_of[j];
+            results[i] = Err(update_error(items[i].1, e));
+        });
+        results
     }
 
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {

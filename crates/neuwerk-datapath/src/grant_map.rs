@@ -9,7 +9,8 @@
 //! makes every backend call under its own lock.
 //!
 //! The attribute layout is the kernel's `bpf_attr` member for the `*_ELEM`
-//! commands (include/uapi/linux/bpf.h), checked by a test.
+//! commands (include/uapi/linux/bpf.h), checked by a test; batch updates
+//! use `bpf_attr.batch` ([`BatchAttr`], checked in batch.rs).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -17,11 +18,18 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::maps::{HashMap, IterableMap, MapData};
 use neuwerk_abi as abi;
 
+use crate::batch::BatchAttr;
+
 /// `enum bpf_cmd` values.
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Update flag: create the entry or replace it.
 const BPF_ANY: u64 = 0;
+
+/// Elements per BPF_MAP_UPDATE_BATCH: the kernel copies them one by one,
+/// so this only bounds how long one syscall runs.
+const UPDATE_BATCH_MAX: usize = 256;
 
 /// `bpf_attr` for BPF_MAP_{LOOKUP,UPDATE,DELETE}_ELEM.
 #[repr(C)]
@@ -51,6 +59,99 @@ impl GrantMap {
     /// Creates or replaces the entry of `key`.
     pub(crate) fn update(&self, key: &abi::GrantKey, value: &abi::GrantValue) -> io::Result<()> {
         self.elem(BPF_MAP_UPDATE_ELEM, key, value as *const _ as u64, BPF_ANY)
+    }
+
+    /// Creates or replaces the entry of `keys[i]` with `values[i]` for every
+    /// i, in one syscall per [`UPDATE_BATCH_MAX`] elements; calls `failed`
+    /// with the index and error of each element that was not written.
+    pub(crate) fn update_many(
+        &self,
+        keys: &[abi::GrantKey],
+        values: &[abi::GrantValue],
+        mut failed: impl FnMut(usize, io::Error),
+    ) {
+        assert_eq!(keys.len(), values.len(), "one value per key");
+        let mut i = 0;
+        while i < keys.len() {
+            let end = (i + UPDATE_BATCH_MAX).min(keys.len());
+            match self.update_batch(&keys[i..end], &values[i..end]) {
+                Ok(()) => i = end,
+                // The kernel stops at the first element it cannot write,
+                // `n` in. Written alone, it gives its own error; then go
+                // on after it.
+                Err(n) if i + n < end => {
+                    let bad = i + n;
+                    if let Err(e) = self.update(&keys[bad], &values[bad]) {
+                        failed(bad, e);
+                        i = bad + 1;
+                    } else {
+                        // Not the element's fault (out of memory, say):
+                        // write the rest of the chunk one by one.
+                        self.update_each(bad + 1, &keys[..end], &values[..end], &mut failed);
+                        i = end;
+                    }
+                }
+                // No element to blame: the kernel refused the batch as a
+                // whole (without batch support, it leaves `count` as given).
+                Err(_) => {
+                    self.update_each(i, &keys[..end], &values[..end], &mut failed);
+                    i = end;
+                }
+            }
+        }
+    }
+
+    /// [`GrantMap::update`] of each element from `from` on.
+    fn update_each(
+        &self,
+        from: usize,
+        keys: &[abi::GrantKey],
+        values: &[abi::GrantValue],
+        failed: &mut impl FnMut(usize, io::Error),
+    ) {
+        for (j, (k, v)) in keys.iter().zip(values).enumerate().skip(from) {
+            if let Err(e) = self.update(k, v) {
+                failed(j, e);
+            }
+        }
+    }
+
+    /// One BPF_MAP_UPDATE_BATCH; on error, how many elements the kernel
+    /// says it wrote before stopping.
+    fn update_batch(
+        &self,
+        keys: &[abi::GrantKey],
+        values: &[abi::GrantValue],
+    ) -> Result<(), usize> {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            // At most UPDATE_BATCH_MAX.
+            count: keys.len() as u32,
+            map_fd: self.map.map().fd().as_fd().as_raw_fd() as u32,
+            // BPF_ANY: create or replace.
+            elem_flags: BPF_ANY,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is the kernel's bpf_attr.batch layout (the kernel
+        // zero-fills the rest of the union); `keys` and `values` point at
+        // `count` GrantKeys and GrantValues, whose sizes are the map's
+        // (checked when the map was taken), laid out end to end as the
+        // kernel reads them, and outlive the call; the kernel only reads
+        // them (and writes `attr.count`).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(attr.count as usize)
+        } else {
+            Ok(())
+        }
     }
 
     /// Deletes the entry of `key`; a missing entry is not an error.

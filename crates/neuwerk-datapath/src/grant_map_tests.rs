@@ -127,3 +127,75 @@ fn updates_and_deletes_reach_the_kernel() {
     // A missing entry is not an error.
     grants.delete(&key).unwrap();
 }
+
+fn key(i: u32) -> abi::GrantKey {
+    abi::GrantKey {
+        net_id: 1,
+        addr: crate::addr::addr_bytes(std::net::IpAddr::from([198, 51, 100, i as u8])),
+    }
+}
+
+fn value(portset: u32, expires_ns: u64) -> abi::GrantValue {
+    let mut slots = Slots::default();
+    slots.add(portset, expires_ns);
+    slots.into_value()
+}
+
+/// Indices `update_many` reports as failed, with their errors.
+fn update_many(
+    grants: &GrantMap,
+    keys: &[abi::GrantKey],
+    values: &[abi::GrantValue],
+) -> Vec<(usize, io::Error)> {
+    let mut failed = Vec::new();
+    grants.update_many(keys, values, |i, e| failed.push((i, e)));
+    failed
+}
+
+#[test]
+fn batch_updates_reach_the_kernel_and_failures_are_per_element() {
+    let Some(grants) = scratch_grant_map() else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(key).collect();
+    let values: Vec<_> = (0..3).map(|i| value(i + 1, 1000)).collect();
+    assert!(update_many(&grants, &keys, &values).is_empty());
+    for (k, v) in keys.iter().zip(&values) {
+        assert_eq!(grants.map.get(k, 0).unwrap(), *v);
+    }
+    // The map holds 8: key 0 is replaced, keys 3..=7 fill it, and keys
+    // 8..=10 find it full. Each failure is reported alone, and the batch
+    // goes on after it.
+    let keys: Vec<_> = [0].into_iter().chain(3..=10).map(key).collect();
+    let values: Vec<_> = (0..keys.len() as u32)
+        .map(|i| value(9, 2000 + u64::from(i)))
+        .collect();
+    let failed = update_many(&grants, &keys, &values);
+    let at: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+    assert_eq!(at, [6, 7, 8]);
+    for (_, e) in &failed {
+        assert_eq!(e.raw_os_error(), Some(libc::E2BIG), "{e}");
+    }
+    for (k, v) in keys.iter().zip(&values).take(6) {
+        assert_eq!(grants.map.get(k, 0).unwrap(), *v);
+    }
+    assert!(grants.map.get(&keys[6], 0).is_err());
+    assert_eq!(grants.map.get(&key(1), 0).unwrap(), value(2, 1000));
+}
+
+#[test]
+fn batch_updates_larger_than_a_syscall_are_chunked() {
+    let Some(grants) = scratch_grant_map() else {
+        return;
+    };
+    // More elements than one syscall takes, over few keys: later elements
+    // of a key replace earlier ones, across chunks too.
+    let n = 2 * UPDATE_BATCH_MAX + 3;
+    let keys: Vec<_> = (0..n).map(|i| key(i as u32 % 4)).collect();
+    let values: Vec<_> = (0..n).map(|i| value(1, i as u64 + 1)).collect();
+    assert!(update_many(&grants, &keys, &values).is_empty());
+    for k in 0..4u32 {
+        let last = (0..n).rev().find(|i| *i as u32 % 4 == k).unwrap();
+        assert_eq!(grants.map.get(&key(k), 0).unwrap(), values[last]);
+    }
+}

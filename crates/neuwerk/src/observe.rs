@@ -34,9 +34,9 @@ pub struct ReportingSink {
     pub bus: EventBus,
 }
 
-impl GrantSink for ReportingSink {
-    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
-        self.store.learn(grants)?;
+impl ReportingSink {
+    /// Counts and publishes the grants of one learned batch.
+    fn report(&self, grants: &[Grant]) {
         // A batch is one answer: almost always one network.
         let mut per: BTreeMap<&str, u64> = BTreeMap::new();
         for g in grants {
@@ -51,7 +51,26 @@ impl GrantSink for ReportingSink {
                     .publish(Event::Grant(GrantEvent::Learned(g.clone())));
             }
         }
+    }
+}
+
+impl GrantSink for ReportingSink {
+    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+        self.store.learn(grants)?;
+        self.report(grants);
         Ok(())
+    }
+
+    /// Reports only the batches that were learned: a failed one is
+    /// answered SERVFAIL, so its grants are not announced.
+    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        let results = self.store.learn_many(batches);
+        for (grants, r) in batches.iter().zip(&results) {
+            if r.is_ok() {
+                self.report(grants);
+            }
+        }
+        results
     }
 }
 

@@ -2,7 +2,8 @@
 //! learns and what the dataplane enforces (and, later, what the cluster
 //! replicates).
 //!
-//! Grants come in through [`GrantSink::learn`]; they leave as
+//! Grants come in through [`GrantSink::learn`] (or, for many answers at
+//! once, [`GrantSink::learn_many`]); they leave as
 //! [`GrantEvent::Expired`] or [`GrantEvent::Revoked`].
 
 mod store;
@@ -27,8 +28,9 @@ pub struct Grant {
     pub expires_ns: u64,
 }
 
-/// Why learning failed.
-#[derive(Debug, thiserror::Error)]
+/// Why learning failed. Clone: one failed map write fails every answer of
+/// a [`GrantSink::learn_many`] that shares its key.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GrantError {
     #[error("grant map write failed for {addr}: {reason}")]
     Backend { addr: IpAddr, reason: String },
@@ -40,6 +42,13 @@ pub enum GrantError {
 /// batch is enforceable (in the kernel map), so the answer may be sent.
 pub trait GrantSink: Send + Sync {
     fn learn(&self, grants: &[Grant]) -> Result<(), GrantError>;
+    /// Learns many batches (one answer's grants each) at once; one result
+    /// per batch, in order, Ok once every grant of that batch is
+    /// enforceable. A sink that can share the work (one lock, one kernel
+    /// call) across batches should.
+    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        batches.iter().map(|b| self.learn(b)).collect()
+    }
 }
 
 /// What leaves the grant store.
@@ -67,6 +76,18 @@ pub trait GrantBackend: Send + Sync {
         addr: IpAddr,
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError>;
+    /// Replaces the entries of each (network, addr, entries) of `items`; one
+    /// result per item, in order. A backend that can do it in one operation
+    /// should (the DNS proxy learns answers in batches).
+    fn write_many(
+        &self,
+        items: &[(&str, IpAddr, &[GrantEntry<'_>])],
+    ) -> Vec<Result<(), GrantError>> {
+        items
+            .iter()
+            .map(|&(network, addr, entries)| self.write(network, addr, entries))
+            .collect()
+    }
     /// Removes (network, addr).
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError>;
     /// Removes every (network, addr) of `keys`; a backend that can do it in
@@ -85,6 +106,12 @@ impl<T: GrantBackend + ?Sized> GrantBackend for Arc<T> {
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError> {
         (**self).write(network, addr, entries)
+    }
+    fn write_many(
+        &self,
+        items: &[(&str, IpAddr, &[GrantEntry<'_>])],
+    ) -> Vec<Result<(), GrantError>> {
+        (**self).write_many(items)
     }
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
         (**self).remove(network, addr)

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
@@ -91,6 +92,36 @@ impl<B: GrantBackend> GrantStore<B> {
         each_key_once(grants, |g| {
             write_key(&self.backend, &inner, &(g.network.clone(), g.addr))
         })
+    }
+
+    /// [`GrantStore::learn`] for many batches (one answer's grants each):
+    /// one hold of the lock, and one [`GrantBackend::write_many`] for every
+    /// distinct (network, address) of all of them, however many batches
+    /// share it. One result per batch, in order: a batch fails with the
+    /// error of the first of its keys whose write failed.
+    ///
+    /// As with `learn`, every grant is recorded even if its write fails:
+    /// the store stays the truth, and the key's next write follows it.
+    pub fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        let mut inner = self.lock();
+        for g in batches.iter().copied().flatten() {
+            inner.record(g);
+        }
+        let (keys, key_of) = distinct_keys(batches);
+        let written = write_keys(&self.backend, &inner, &keys);
+        drop(inner);
+        let mut at = 0;
+        batches
+            .iter()
+            .map(|b| {
+                let of_batch = &key_of[at..at + b.len()];
+                at += b.len();
+                match of_batch.iter().find_map(|&k| written[k].as_ref().err()) {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                }
+            })
+            .collect()
     }
 
     /// Drops every grant whose deadline is at or before `now_ns` and returns
@@ -326,18 +357,99 @@ fn each_key_once(
     Ok(())
 }
 
+/// The distinct (network, address) keys of `batches`, each as its first
+/// grant, and for every grant (all batches end to end) the index of its key.
+fn distinct_keys<'g>(batches: &[&'g [Grant]]) -> (Vec<&'g Grant>, Vec<usize>) {
+    let total: usize = batches.iter().map(|b| b.len()).sum();
+    let mut keys: Vec<&Grant> = Vec::with_capacity(total);
+    let mut key_of = Vec::with_capacity(total);
+    let grants = batches.iter().copied().flatten();
+    if total <= SCAN_DEDUP_MAX {
+        for g in grants {
+            let k = match keys
+                .iter()
+                .position(|e| e.addr == g.addr && e.network == g.network)
+            {
+                Some(k) => k,
+                None => {
+                    keys.push(g);
+                    keys.len() - 1
+                }
+            };
+            key_of.push(k);
+        }
+    } else {
+        // As in `each_key_once`: a set, so that many grants are not
+        // quadratic under the lock.
+        let mut index: HashMap<(&str, IpAddr), usize, RandomState> =
+            HashMap::with_capacity_and_hasher(total, RandomState::default());
+        for g in grants {
+            let k = *index.entry((&g.network, g.addr)).or_insert_with(|| {
+                keys.push(g);
+                keys.len() - 1
+            });
+            key_of.push(k);
+        }
+    }
+    (keys, key_of)
+}
+
+/// [`write_key`] for each key of `keys` (given as one of its grants), the
+/// writes in one [`GrantBackend::write_many`]; one result per key.
+fn write_keys<B: GrantBackend>(
+    backend: &B,
+    inner: &Inner,
+    keys: &[&Grant],
+) -> Vec<Result<(), GrantError>> {
+    // Every key's entries end to end in one buffer, rather than a vector
+    // each; `None` marks an emptied key, which is removed instead.
+    let mut entries: Vec<GrantEntry<'_>> = Vec::with_capacity(keys.len());
+    let mut spans: Vec<Option<Range<usize>>> = Vec::with_capacity(keys.len());
+    for g in keys {
+        spans.push(match inner.held.get(&(g.network.clone(), g.addr)) {
+            Some(list) if !list.is_empty() => {
+                let start = entries.len();
+                entries.extend(list.iter().map(entry));
+                Some(start..entries.len())
+            }
+            _ => None,
+        });
+    }
+    let items: Vec<(&str, IpAddr, &[GrantEntry<'_>])> = keys
+        .iter()
+        .zip(&spans)
+        .filter_map(|(g, span)| Some((&*g.network, g.addr, &entries[span.clone()?])))
+        .collect();
+    let mut written = backend.write_many(&items).into_iter();
+    keys.iter()
+        .zip(spans)
+        .map(|(g, span)| match span {
+            // A backend that answers fewer items than asked has not
+            // written the rest: never report those as enforced.
+            Some(_) => written.next().unwrap_or_else(|| {
+                Err(GrantError::Backend {
+                    addr: g.addr,
+                    reason: "no result from the grant backend".into(),
+                })
+            }),
+            None => backend.remove(&g.network, g.addr),
+        })
+        .collect()
+}
+
+fn entry(h: &HeldGrant) -> GrantEntry<'_> {
+    GrantEntry {
+        ports: &h.ports,
+        expires_ns: h.expires_ns,
+    }
+}
+
 /// Writes the complete state of one key; an emptied key is removed.
 fn write_key<B: GrantBackend>(backend: &B, inner: &Inner, key: &Key) -> Result<(), GrantError> {
     let list = match inner.held.get(key) {
         Some(list) if !list.is_empty() => list,
         _ => return backend.remove(&key.0, key.1),
     };
-    fn entry(h: &HeldGrant) -> GrantEntry<'_> {
-        GrantEntry {
-            ports: &h.ports,
-            expires_ns: h.expires_ns,
-        }
-    }
     if list.len() <= INLINE_ENTRIES {
         // Filled past the end with copies of the last entry (an array has
         // no empty value); only the first `len` are passed.
@@ -354,6 +466,9 @@ fn write_key<B: GrantBackend>(backend: &B, inner: &Inner, key: &Key) -> Result<(
 impl<B: GrantBackend> GrantSink for GrantStore<B> {
     fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
         GrantStore::learn(self, grants)
+    }
+    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        GrantStore::learn_many(self, batches)
     }
 }
 

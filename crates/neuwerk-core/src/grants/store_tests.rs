@@ -10,6 +10,10 @@ type Written = HashMap<(String, IpAddr), Vec<(PortSet, u64)>>;
 struct Recorder {
     map: Mutex<Written>,
     writes: std::sync::atomic::AtomicUsize,
+    /// Calls of `write_many`.
+    write_manys: std::sync::atomic::AtomicUsize,
+    /// Writes of this address fail.
+    fail: Option<IpAddr>,
 }
 
 impl GrantBackend for Recorder {
@@ -19,6 +23,12 @@ impl GrantBackend for Recorder {
         addr: IpAddr,
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError> {
+        if self.fail == Some(addr) {
+            return Err(GrantError::Backend {
+                addr,
+                reason: "refused".into(),
+            });
+        }
         let v = entries
             .iter()
             .map(|e| (e.ports.clone(), e.expires_ns))
@@ -27,6 +37,17 @@ impl GrantBackend for Recorder {
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+    fn write_many(
+        &self,
+        items: &[(&str, IpAddr, &[GrantEntry<'_>])],
+    ) -> Vec<Result<(), GrantError>> {
+        self.write_manys
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        items
+            .iter()
+            .map(|&(network, addr, entries)| self.write(network, addr, entries))
+            .collect()
     }
     fn remove(&self, network: &str, addr: IpAddr) -> Result<(), GrantError> {
         self.map.lock().unwrap().remove(&(network.into(), addr));
@@ -232,4 +253,66 @@ fn relearning_with_other_ports_rewrites_them_and_keeps_one_deadline() {
     assert_eq!(s.len(), 1);
     assert!(s.expire(99).is_empty());
     assert_eq!(s.expire(100).len(), 1);
+}
+
+#[test]
+fn learn_many_writes_each_key_once_in_one_call() {
+    // Small totals are de-duplicated by a scan, large ones by a set.
+    for n in [2, SCAN_DEDUP_MAX] {
+        let s = GrantStore::new(Recorder::default());
+        // Every batch holds the same n addresses, under its own name.
+        let batches: Vec<Vec<Grant>> = (0..3)
+            .map(|b| {
+                (0..n)
+                    .map(|i| grant(&format!("h{b}.example"), &format!("10.2.0.{i}"), 443, 100))
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[Grant]> = batches.iter().map(Vec::as_slice).collect();
+        let results = s.learn_many(&refs);
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(writes(&s), n, "{n} addresses");
+        assert_eq!(
+            s.backend()
+                .write_manys
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(s.len(), 3 * n);
+        // Each address is written with every batch's grant.
+        assert_eq!(backend_entries(&s, "10.2.0.1").unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn learn_many_fails_exactly_the_batches_with_a_failing_key() {
+    let s = GrantStore::new(Recorder {
+        fail: Some("192.0.2.66".parse().unwrap()),
+        ..Recorder::default()
+    });
+    let ok1 = [grant("a.example", "192.0.2.1", 443, 100)];
+    let bad1 = [
+        grant("b.example", "192.0.2.2", 443, 100),
+        grant("b.example", "192.0.2.66", 443, 100),
+    ];
+    let ok2 = [grant("c.example", "192.0.2.3", 443, 100)];
+    let bad2 = [grant("d.example", "192.0.2.66", 443, 100)];
+    let empty: [Grant; 0] = [];
+    let results = s.learn_many(&[&ok1, &bad1, &ok2, &bad2, &empty]);
+    let failed: Vec<bool> = results.iter().map(Result::is_err).collect();
+    assert_eq!(failed, [false, true, false, true, false]);
+    for r in [&results[1], &results[3]] {
+        assert!(
+            matches!(r, Err(GrantError::Backend { addr, .. }) if addr.to_string() == "192.0.2.66")
+        );
+    }
+    // The other keys, the failing batch's included, were written; every
+    // grant is held.
+    for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        assert!(backend_entries(&s, a).is_some(), "{a}");
+    }
+    assert!(backend_entries(&s, "192.0.2.66").is_none());
+    assert_eq!(s.len(), 5);
+    assert!(s.learn_many(&[]).is_empty());
 }
