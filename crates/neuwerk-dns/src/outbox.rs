@@ -1,21 +1,26 @@
-//! Sends deferred to the end of a batch. While a [`Scope`] is open on a
+//! Work deferred to the end of a batch. While a [`Scope`] is open on a
 //! worker's thread (a receive loop handling what one `recvmmsg` read),
-//! replies and upstream queries queue on their sockets, and closing the
-//! scope sends each socket's queue with `sendmmsg`: one syscall per socket
-//! and batch instead of one per datagram. Outside a scope every send goes
-//! out at once, so nothing can be left queued.
+//! answers wait to be learned together and replies and upstream queries
+//! queue on their sockets. Closing the scope first learns (one store lock
+//! and one kernel write for the batch), which queues the replies, then
+//! sends each socket's queue with `sendmmsg`: one syscall per socket and
+//! batch instead of one per datagram, and no reply before its grants.
+//! Outside a scope everything happens at once, so nothing can be left
+//! queued.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// A socket with queued datagrams.
+/// Something with deferred work: answers to learn, or datagrams to send.
 pub(crate) trait Flush {
-    /// Sends everything queued.
+    /// Does everything deferred.
     fn flush(self: Rc<Self>);
 }
 
 thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Flushed first: their flush queues replies.
+    static LEARNING: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
     static QUEUED: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -38,15 +43,28 @@ pub(crate) fn queued(socket: Rc<dyn Flush>) {
     QUEUED.with(|q| q.borrow_mut().push(socket));
 }
 
+/// Registers something whose answers-to-learn just became non-empty.
+pub(crate) fn learning(learner: Rc<dyn Flush>) {
+    LEARNING.with(|q| q.borrow_mut().push(learner));
+}
+
+/// Takes the registered list, if any.
+fn take(list: &'static std::thread::LocalKey<RefCell<Vec<Rc<dyn Flush>>>>) -> Vec<Rc<dyn Flush>> {
+    list.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
 impl Drop for Scope {
     fn drop(&mut self) {
         if DEPTH.with(|d| d.get()) == 1 {
-            // Still open while flushing: a send a flush causes queues and
-            // goes out in the next round.
-            while let Some(sockets) = QUEUED.with(|q| {
-                let mut q = q.borrow_mut();
-                (!q.is_empty()).then(|| std::mem::take(&mut *q))
-            }) {
+            // Still open while flushing: what a flush defers goes in the
+            // next round. Learning first: it queues replies.
+            loop {
+                let learners = take(&LEARNING);
+                learners.into_iter().for_each(Flush::flush);
+                let sockets = take(&QUEUED);
+                if sockets.is_empty() {
+                    break;
+                }
                 sockets.into_iter().for_each(Flush::flush);
             }
         }

@@ -10,19 +10,20 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::Name;
 use neuwerk_core::config::{DenyResponse, DnsConfig};
 use neuwerk_core::events::DnsObserver;
-use neuwerk_core::grants::{Grant, GrantSink};
+use neuwerk_core::grants::GrantSink;
 use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
-use neuwerk_core::time::monotonic_ns;
 
-use crate::answer::{self, ClientView, Learned};
+use crate::answer::ClientView;
 use crate::listen::Query;
 use crate::message::{self, Parsed};
-use crate::upstream::{Answer, Request, ResolveError, Upstreams};
+use crate::upstream::{Request, Upstreams};
 use crate::wire::{self, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP};
 use crate::{ProxyContext, Transport};
 
+mod finish;
 mod observe;
 
+pub(crate) use finish::Finish;
 use observe::{observe, DenyReason, Facts, Outcome};
 
 /// The policy's verdict on a query.
@@ -206,86 +207,7 @@ impl Handler {
         })
     }
 
-    /// The query path after the upstream: learn the answer's addresses,
-    /// prepare the reply, report how the query ended. Returns the reply.
-    pub(crate) fn finish(
-        &self,
-        mut fwd: Box<Forward>,
-        resolved: Result<Answer, ResolveError>,
-    ) -> Option<Vec<u8>> {
-        let fwd = &mut *fwd;
-        fwd.facts.upstream = Some(fwd.asked.elapsed());
-        let (outcome, reply) = self.relay(&fwd.ask, &fwd.query, resolved, &mut fwd.facts);
-        self.report(&fwd.query, &fwd.facts, &outcome);
-        Some(reply)
-    }
-
-    /// Learns what the answer teaches, before the reply is sent (the
-    /// client's first packet to an address must never race its grant).
-    fn relay(
-        &self,
-        ask: &Ask,
-        query: &Query,
-        resolved: Result<Answer, ResolveError>,
-        facts: &mut Facts,
-    ) -> (Outcome, Vec<u8>) {
-        let (parsed, b) = (&ask.parsed, &query.bytes[..]);
-        let answer = match resolved {
-            Ok(answer) => answer,
-            Err(error) => {
-                let rcode = error.rcode();
-                let reply = message::error_reply(b, parsed, rcode);
-                return (Outcome::UpstreamFailed { rcode, error }, reply);
-            }
-        };
-        let rcode = answer.rcode;
-        // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
-        // Nor for an audited name: its network's traffic passes anyway.
-        let learned = match &ask.grant_to {
-            Some(_) if rcode == ResponseCode::NoError => {
-                answer::chain_addresses(&answer.bytes, ask.request.question.name())
-            }
-            _ => Learned::default(),
-        };
-        // Prepared before learning, so that nothing is learned for an
-        // answer that cannot be sent.
-        let (reply, relayed) = match answer::relay(answer.bytes, &ask.client, self.max_ttl) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
-                return (Outcome::RelayFailed(e), reply);
-            }
-        };
-        if let (Some((network, ports)), false) = (&ask.grant_to, learned.is_empty()) {
-            let now = monotonic_ns();
-            let hostname: Arc<str> = facts.name.as_str().into();
-            let batch: Vec<Grant> = learned
-                .addrs
-                .iter()
-                .zip(&learned.ttls)
-                .map(|(&addr, &ttl)| Grant {
-                    network: network.clone(),
-                    addr,
-                    hostname: hostname.clone(),
-                    ports: ports.clone(),
-                    expires_ns: now.saturating_add(self.lifetime_ns(ttl)),
-                })
-                .collect();
-            if let Err(e) = self.grants.learn(&batch) {
-                let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
-                return (Outcome::LearnFailed(e), reply);
-            }
-            facts.grant_commit = Some(answer.received.elapsed());
-            facts.learned = learned;
-        }
-        let outcome = Outcome::Answered {
-            rcode,
-            truncated: relayed.truncated,
-        };
-        (outcome, reply)
-    }
-
-    fn report(&self, query: &Query, facts: &Facts, outcome: &Outcome) {
+    pub(crate) fn report(&self, query: &Query, facts: &Facts, outcome: &Outcome) {
         observe(
             &*self.observer,
             query,

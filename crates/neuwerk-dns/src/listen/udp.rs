@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::Query;
 use crate::batch::{self, RecvBatch};
-use crate::handler::{Begin, Forward, Handler};
+use crate::handler::{Begin, Finish, Forward, Handler};
 use crate::outbox::{self, Flush};
 use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
 use crate::Transport;
@@ -48,6 +48,8 @@ struct Listener {
     room: Notify,
     /// Replies waiting for the end of the batch (see [`outbox`]).
     outbox: RefCell<Vec<(Vec<u8>, SockAddr)>>,
+    /// Answered queries waiting to be learned together (see [`outbox`]).
+    learning: RefCell<Vec<Finish>>,
 }
 
 /// Receives datagrams until dropped (the server's shutdown drops it, and
@@ -60,6 +62,7 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
         inflight: Cell::new(0),
         room: Notify::new(),
         outbox: RefCell::default(),
+        learning: RefCell::default(),
     });
     // Reused for every batch; each query gets an exact-size copy.
     let mut batch = RecvBatch::new(MAX_UDP_QUERY);
@@ -143,15 +146,32 @@ impl Listener {
         });
     }
 
-    /// Learns, replies, and makes room for the next query.
+    /// Learns, replies, and makes room for the next query; in a batch,
+    /// together with the batch's other answers at its end.
     fn finish(self: &Rc<Self>, fwd: Box<Forward>, resolved: Result<Answer, ResolveError>) {
-        let peer = fwd.query.peer;
-        if let Some(reply) = self.handler.finish(fwd, resolved) {
-            self.send(reply, peer);
+        let item = Finish::new(fwd, resolved);
+        if outbox::deferring() {
+            let mut learning = self.learning.borrow_mut();
+            if learning.is_empty() {
+                outbox::learning(Rc::new(Learn(self.clone())));
+            }
+            learning.push(item);
+            return;
+        }
+        self.answer(&mut [item]);
+    }
+
+    /// Learns the items' grants together, then sends their replies.
+    fn answer(self: &Rc<Self>, items: &mut [Finish]) {
+        self.handler.finish_all(items);
+        for it in items.iter_mut() {
+            if let Some(reply) = it.reply.take() {
+                self.send(reply, it.fwd.query.peer);
+            }
         }
         let inflight = self.inflight.get();
-        self.inflight.set(inflight - 1);
-        if inflight == MAX_UDP_INFLIGHT {
+        self.inflight.set(inflight - items.len());
+        if inflight >= MAX_UDP_INFLIGHT && inflight - items.len() < MAX_UDP_INFLIGHT {
             self.room.notify_one();
         }
     }
@@ -187,6 +207,16 @@ impl Listener {
                 debug!(%peer, error = %e, "UDP reply not sent");
             }
         });
+    }
+}
+
+/// A listener's answers of one batch, learned together when it ends.
+struct Learn(Rc<Listener>);
+
+impl Flush for Learn {
+    fn flush(self: Rc<Self>) {
+        let mut items = std::mem::take(&mut *self.0.learning.borrow_mut());
+        self.0.answer(&mut items);
     }
 }
 

@@ -339,3 +339,55 @@ async fn learn_failure_answers_servfail() {
     assert!(reply.answers.is_empty());
     assert_eq!(reply.id, 0x4242);
 }
+
+/// Answers that arrive together are learned together (one `learn_many`),
+/// and a batch whose grants cannot be learned fails only its own query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_learn_in_a_batch_fails_only_its_query() {
+    const N: u8 = 20;
+    let up = Upstream::start(Mode::Normal).await;
+    for i in 0..N {
+        let owner = format!("b{i}.example.net");
+        let entry = Entry {
+            answers: vec![a(&format!("{owner}."), 60, [192, 0, 2, i])],
+            // All in flight at once, so the answers come back together.
+            delay: Duration::from_millis(300),
+            ..Entry::default()
+        };
+        up.set(&owner, RecordType::A, entry);
+    }
+    let mut cfg = config(&[up.addr]);
+    cfg.upstream_timeout = Duration::from_secs(5);
+    let proxy = Proxy::start(cfg, policy(LAN)).await;
+    *proxy.sink.fail_addr.lock().unwrap() = Some(IpAddr::from([192, 0, 2, 7]));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..N {
+        let mut q = query(&format!("b{i}.example.net."), RecordType::A, None);
+        q.metadata.id = u16::from(i);
+        sock.send_to(&q.to_vec().unwrap(), proxy.udp).await.unwrap();
+    }
+    let mut rcodes = vec![None; N as usize];
+    let mut buf = vec![0u8; 4096];
+    while rcodes.iter().any(Option::is_none) {
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .expect("a query went unanswered")
+            .unwrap();
+        let reply = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+        rcodes[reply.id as usize] = Some(reply.response_code);
+    }
+    for (i, rcode) in rcodes.iter().enumerate() {
+        let want = if i == 7 {
+            ResponseCode::ServFail
+        } else {
+            ResponseCode::NoError
+        };
+        assert_eq!(*rcode, Some(want), "query {i}");
+    }
+    assert_eq!(proxy.sink.grants().len(), N as usize - 1);
+    let many = proxy.sink.many.lock().unwrap().clone();
+    assert!(
+        many.iter().any(|&n| n > 1),
+        "never learned a batch: {many:?}"
+    );
+}

@@ -259,11 +259,23 @@ impl State {
 pub struct Sink {
     pub batches: Mutex<Vec<(Instant, Vec<Grant>)>>,
     pub fail: std::sync::atomic::AtomicBool,
+    /// Batches with this address fail.
+    pub fail_addr: Mutex<Option<IpAddr>>,
+    /// Sizes of the `learn_many` calls.
+    pub many: Mutex<Vec<usize>>,
 }
 
 impl GrantSink for Sink {
+    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        self.many.lock().unwrap().push(batches.len());
+        batches.iter().map(|b| self.learn(b)).collect()
+    }
+
     fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+        let fail_addr = *self.fail_addr.lock().unwrap();
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst)
+            || grants.iter().any(|g| Some(g.addr) == fail_addr)
+        {
             return Err(GrantError::Backend {
                 addr: grants[0].addr,
                 reason: "map full".into(),

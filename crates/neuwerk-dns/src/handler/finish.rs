@@ -1,0 +1,210 @@
+//! The query path after the upstream, for one answer or a batch of them:
+//! relay (prepare the reply), learn the grants of every answer at once,
+//! then answer each query and report how it ended.
+//!
+//! A batch is learned with one store lock and one kernel write; a reply
+//! exists only once its grants are in the kernel map (the client's first
+//! packet to an address must never race its grant).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::op::ResponseCode;
+use neuwerk_core::grants::{Grant, GrantError};
+use neuwerk_core::time::monotonic_ns;
+
+use super::observe::{Facts, Outcome};
+use super::{Ask, Forward, Handler};
+use crate::answer::{self, Learned};
+use crate::listen::Query;
+use crate::message;
+use crate::upstream::{Answer, ResolveError};
+
+/// A forwarded query and what its upstreams gave, on its way to a reply.
+pub(crate) struct Finish {
+    pub(crate) fwd: Box<Forward>,
+    resolved: Option<Result<Answer, ResolveError>>,
+    step: Option<Step>,
+    /// Set by [`Handler::finish_all`].
+    pub(crate) reply: Option<Vec<u8>>,
+}
+
+impl Finish {
+    /// `fwd` with the outcome of its upstream exchange.
+    pub(crate) fn new(fwd: Box<Forward>, resolved: Result<Answer, ResolveError>) -> Finish {
+        Finish {
+            fwd,
+            resolved: Some(resolved),
+            step: None,
+            reply: None,
+        }
+    }
+}
+
+/// Where a query stands after its answer is relayed.
+enum Step {
+    /// Ended without learning: how, and the reply.
+    Done(Outcome, Vec<u8>),
+    /// The reply, once `grants` are learned.
+    Learn {
+        grants: Vec<Grant>,
+        learned: Learned,
+        reply: Vec<u8>,
+        truncated: bool,
+        rcode: ResponseCode,
+        /// When the answer was read (for the grant-commit time).
+        received: Instant,
+    },
+}
+
+impl Handler {
+    /// The query path after the upstream for one query: learn, prepare
+    /// the reply, report. Returns the reply.
+    pub(crate) fn finish(
+        &self,
+        fwd: Box<Forward>,
+        resolved: Result<Answer, ResolveError>,
+    ) -> Option<Vec<u8>> {
+        let mut one = [Finish::new(fwd, resolved)];
+        self.finish_all(&mut one);
+        one[0].reply.take()
+    }
+
+    /// [`Handler::finish`] for a batch, learning every answer's grants at
+    /// once; each item gets its reply.
+    pub(crate) fn finish_all(&self, items: &mut [Finish]) {
+        for it in items.iter_mut() {
+            let fwd = &mut *it.fwd;
+            fwd.facts.upstream = Some(fwd.asked.elapsed());
+            if let Some(resolved) = it.resolved.take() {
+                it.step = Some(self.relay(&fwd.ask, &fwd.query, resolved, &mut fwd.facts));
+            }
+        }
+        let batches: Vec<&[Grant]> = items
+            .iter()
+            .filter_map(|it| match &it.step {
+                Some(Step::Learn { grants, .. }) => Some(&grants[..]),
+                _ => None,
+            })
+            .collect();
+        let mut learned = match batches.len() {
+            0 => Vec::new(),
+            1 => vec![self.grants.learn(batches[0])],
+            _ => self.grants.learn_many(&batches),
+        }
+        .into_iter();
+        for it in items.iter_mut() {
+            let Some(step) = it.step.take() else { continue };
+            let fwd = &mut *it.fwd;
+            let (outcome, reply) = match step {
+                Step::Done(outcome, reply) => (outcome, reply),
+                Step::Learn { .. } => {
+                    let result = learned.next().unwrap_or(Ok(()));
+                    answered(&fwd.ask, &fwd.query, step, result, &mut fwd.facts)
+                }
+            };
+            self.report(&fwd.query, &fwd.facts, &outcome);
+            it.reply = Some(reply);
+        }
+    }
+
+    /// Checks the answer and prepares the reply, and the grants it teaches.
+    fn relay(
+        &self,
+        ask: &Ask,
+        query: &Query,
+        resolved: Result<Answer, ResolveError>,
+        facts: &mut Facts,
+    ) -> Step {
+        let (parsed, b) = (&ask.parsed, &query.bytes[..]);
+        let answer = match resolved {
+            Ok(answer) => answer,
+            Err(error) => {
+                let rcode = error.rcode();
+                let reply = message::error_reply(b, parsed, rcode);
+                return Step::Done(Outcome::UpstreamFailed { rcode, error }, reply);
+            }
+        };
+        let rcode = answer.rcode;
+        // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
+        // Nor for an audited name: its network's traffic passes anyway.
+        let learned = match &ask.grant_to {
+            Some(_) if rcode == ResponseCode::NoError => {
+                answer::chain_addresses(&answer.bytes, ask.request.question.name())
+            }
+            _ => Learned::default(),
+        };
+        // Prepared before learning, so that nothing is learned for an
+        // answer that cannot be sent.
+        let (reply, relayed) = match answer::relay(answer.bytes, &ask.client, self.max_ttl) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
+                return Step::Done(Outcome::RelayFailed(e), reply);
+            }
+        };
+        let grants = match (&ask.grant_to, learned.is_empty()) {
+            (Some((network, ports)), false) => {
+                let now = monotonic_ns();
+                let hostname: Arc<str> = facts.name.as_str().into();
+                learned
+                    .addrs
+                    .iter()
+                    .zip(&learned.ttls)
+                    .map(|(&addr, &ttl)| Grant {
+                        network: network.clone(),
+                        addr,
+                        hostname: hostname.clone(),
+                        ports: ports.clone(),
+                        expires_ns: now.saturating_add(self.lifetime_ns(ttl)),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if grants.is_empty() {
+            let outcome = Outcome::Answered {
+                rcode,
+                truncated: relayed.truncated,
+            };
+            return Step::Done(outcome, reply);
+        }
+        Step::Learn {
+            grants,
+            learned,
+            reply,
+            truncated: relayed.truncated,
+            rcode,
+            received: answer.received,
+        }
+    }
+}
+
+/// How a query whose grants were to be learned ended, given whether they
+/// were.
+fn answered(
+    ask: &Ask,
+    query: &Query,
+    step: Step,
+    result: Result<(), GrantError>,
+    facts: &mut Facts,
+) -> (Outcome, Vec<u8>) {
+    let Step::Learn {
+        learned,
+        reply,
+        truncated,
+        rcode,
+        received,
+        ..
+    } = step
+    else {
+        unreachable!("only called for a query with grants to learn");
+    };
+    if let Err(e) = result {
+        let reply = message::error_reply(&query.bytes, &ask.parsed, ResponseCode::ServFail);
+        return (Outcome::LearnFailed(e), reply);
+    }
+    facts.grant_commit = Some(received.elapsed());
+    facts.learned = learned;
+    (Outcome::Answered { rcode, truncated }, reply)
+}
