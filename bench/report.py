@@ -28,6 +28,15 @@ def _median(summary, key, cfg):
     return r.get("median") if isinstance(r, dict) else r
 
 
+def _median_range(summary, key, cfg):
+    """The median with the rounds' range, so a reader sees how far one round is from the next."""
+    r = summary.get(key, {}).get(cfg)
+    if not isinstance(r, dict) or not r.get("runs"):
+        return _fmt(_median(summary, key, cfg))
+    runs = [v for v in r["runs"] if v is not None]
+    return f"{_fmt(r.get('median'))} ({_fmt(min(runs))} to {_fmt(max(runs))})"
+
+
 def packet_section(p):
     s = p.get("summary", {})
     rows = [
@@ -39,14 +48,15 @@ def packet_section(p):
     out = ["## Packet path", "",
            f"{p.get('hostname_rules', 'n/a')} hostname rules, {p.get('static_rules', 'n/a')} static rules, "
            f"{_fmt(s.get('neuwerk_grants_active'))} learned grants loaded through real DNS. "
-           f"Each figure is the median of {p.get('rounds', 'n/a')} rounds; ratios are medians of per-round ratios "
-           "(configurations interleaved within a round).", "",
+           f"Each figure is the median of {p.get('rounds', 'n/a')} rounds; ratios and added latencies are medians "
+           "of per-round figures, with the rounds' range in brackets (configurations interleaved within a "
+           "round).", "",
            "| figure | baseline | neuwerk | nftables | neuwerk / baseline | nftables / baseline |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for title, key, unit in rows:
         vals = [s.get(key, {}).get(c) for c in CONFIGS]
         out.append(f"| {title} | " + " | ".join(_fmt(v, unit) for v in vals) + " | "
-                   + " | ".join(_fmt(_median(s, key + "_ratio", c)) for c in ("neuwerk", "nftables")) + " |")
+                   + " | ".join(_median_range(s, key + "_ratio", c) for c in ("neuwerk", "nftables")) + " |")
     out += ["", "Request/response latency (sockperf ping-pong), µs:", "",
             "| mode | percentile | baseline | neuwerk | nftables | neuwerk added | nftables added |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -54,9 +64,9 @@ def packet_section(p):
         for pct in ("p50", "p95", "p99", "p99.9"):
             key = f"latency_{mode}_{pct}_us"
             vals = [s.get(key, {}).get(c) for c in CONFIGS]
-            added = [_median(s, key + "_added", c) for c in ("neuwerk", "nftables")]
+            added = [_median_range(s, key + "_added", c) for c in ("neuwerk", "nftables")]
             label = "busy-poll" if mode == "busy" else "default"
-            out.append(f"| {label} | {pct.upper()} | " + " | ".join(_fmt(v) for v in vals + added) + " |")
+            out.append(f"| {label} | {pct.upper()} | " + " | ".join([_fmt(v) for v in vals] + added) + " |")
     out += ["", "Policy and memory:", "",
             "| figure | value |", "| --- | ---: |",
             f"| `neuwerk policy check` of the {p.get('hostname_rules', '')}-rule policy | {_fmt(s.get('policy_check_s'), ' s')} |",
