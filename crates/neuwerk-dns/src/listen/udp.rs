@@ -1,6 +1,7 @@
 //! UDP listener. A query takes no task of its own: the receive loop
 //! begins it and sends it upstream, and the loop that reads its answer
-//! (or the pool's timer) finishes it and sends the reply. Only a query
+//! finishes it, learning the grants of all the answers of one read
+//! together before their replies leave (see [`outbox`]). Only a query
 //! whose first try gives nothing to relay (truncated, failed, timed out)
 //! goes on in a task, through the same upstream code as TCP queries.
 //!
