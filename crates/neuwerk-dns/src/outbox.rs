@@ -53,8 +53,19 @@ fn take(list: &'static std::thread::LocalKey<RefCell<Vec<Rc<dyn Flush>>>>) -> Ve
     list.with(|q| std::mem::take(&mut *q.borrow_mut()))
 }
 
+/// Closes one level of scope when dropped, even if a flush panics (the
+/// depth must not stay raised, or nothing would be sent again).
+struct Close;
+
+impl Drop for Close {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
 impl Drop for Scope {
     fn drop(&mut self) {
+        let _close = Close;
         if DEPTH.with(|d| d.get()) == 1 {
             // Still open while flushing: what a flush defers goes in the
             // next round. Learning first: it queues replies.
@@ -68,7 +79,6 @@ impl Drop for Scope {
                 sockets.into_iter().for_each(Flush::flush);
             }
         }
-        DEPTH.with(|d| d.set(d.get() - 1));
     }
 }
 
@@ -120,6 +130,24 @@ mod tests {
             assert_eq!(*c.sent.borrow(), [1]);
         }
         assert_eq!(*c.sent.borrow(), [1, 2, 3]);
+        assert!(!deferring());
+    }
+
+    struct Panics;
+
+    impl Flush for Panics {
+        fn flush(self: Rc<Self>) {
+            panic!("a bug in a flush");
+        }
+    }
+
+    #[test]
+    fn a_panicking_flush_closes_the_scope() {
+        let r = std::panic::catch_unwind(|| {
+            let _s = scope();
+            queued(Rc::new(Panics));
+        });
+        assert!(r.is_err());
         assert!(!deferring());
     }
 }
