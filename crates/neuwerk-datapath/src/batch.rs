@@ -13,6 +13,7 @@ use aya::{Ebpf, Pod};
 
 use crate::error::DataplaneError;
 use crate::stats::dup_map_fd;
+use crate::sys;
 
 /// `enum bpf_cmd` value of BPF_MAP_DELETE_BATCH.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -79,18 +80,9 @@ impl BatchDelete {
         // by the kernel, which zero-checks the rest of the union); `keys`
         // points at `count` keys of the map's key size (K is the map's key
         // type, a Pod) that outlive the call; the kernel only reads them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err((attr.count as usize, io::Error::last_os_error()))
-        } else {
-            Ok(attr.count as usize)
+        match unsafe { sys::bpf(BPF_MAP_DELETE_BATCH, &mut attr) } {
+            Ok(_) => Ok(attr.count as usize),
+            Err(e) => Err((attr.count as usize, e)),
         }
     }
 }

@@ -19,6 +19,7 @@ use aya::maps::{HashMap, IterableMap, MapData};
 use neuwerk_abi as abi;
 
 use crate::batch::BatchAttr;
+use crate::sys;
 
 /// `enum bpf_cmd` values.
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -139,19 +140,9 @@ impl GrantMap {
         // (checked when the map was taken), laid out end to end as the
         // kernel reads them, and outlive the call; the kernel only reads
         // them (and writes `attr.count`).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(attr.count as usize)
-        } else {
-            Ok(())
-        }
+        unsafe { sys::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+            .map(drop)
+            .map_err(|_| attr.count as usize)
     }
 
     /// Deletes the entry of `key`; a missing entry is not an error.
@@ -181,19 +172,7 @@ impl GrantMap {
         // `key` and, for an update, `value` point at a GrantKey and a
         // GrantValue, whose sizes are the map's (checked when the map was
         // taken), that outlive the call; the kernel only reads them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                &mut attr as *mut ElemAttr,
-                std::mem::size_of::<ElemAttr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        unsafe { sys::bpf(cmd, &mut attr) }.map(drop)
     }
 }
 

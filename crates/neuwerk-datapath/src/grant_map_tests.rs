@@ -82,19 +82,8 @@ fn scratch_grant_map() -> GrantMap {
     };
     // SAFETY: BPF_MAP_CREATE (0) with the leading fields of its bpf_attr
     // member; the kernel zero-fills the rest.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0 as libc::c_long,
-            &mut attr as *mut CreateAttr,
-            std::mem::size_of::<CreateAttr>() as libc::c_uint,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "cannot create a BPF map (these tests need root): {}",
-        io::Error::last_os_error()
-    );
+    let fd = unsafe { crate::sys::bpf(0, &mut attr) }
+        .unwrap_or_else(|e| panic!("cannot create a BPF map (these tests need root): {e}"));
     // SAFETY: a new fd the kernel just returned, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let data = MapData::from_fd(fd).unwrap();

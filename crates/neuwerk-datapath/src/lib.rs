@@ -21,6 +21,7 @@ mod grant_map;
 pub mod loader;
 pub mod portsets;
 pub mod stats;
+mod sys;
 
 pub use dataplane::{Dataplane, DataplaneConfig};
 pub use error::DataplaneError;
