@@ -45,16 +45,19 @@ impl Finish {
 enum Step {
     /// Ended without learning: how, and the reply.
     Done(Outcome, Vec<u8>),
-    /// The reply, once `grants` are learned.
-    Learn {
-        grants: Vec<Grant>,
-        learned: Learned,
-        reply: Vec<u8>,
-        truncated: bool,
-        rcode: ResponseCode,
-        /// When the answer was read (for the grant-commit time).
-        received: Instant,
-    },
+    /// The reply, once its grants are learned.
+    Learn(ToLearn),
+}
+
+/// An answer relayed, waiting for its grants to be learned.
+struct ToLearn {
+    grants: Vec<Grant>,
+    learned: Learned,
+    reply: Vec<u8>,
+    truncated: bool,
+    rcode: ResponseCode,
+    /// When the answer was read (for the grant-commit time).
+    received: Instant,
 }
 
 impl Handler {
@@ -83,12 +86,14 @@ impl Handler {
         let batches: Vec<&[Grant]> = items
             .iter()
             .filter_map(|it| match &it.step {
-                Some(Step::Learn { grants, .. }) => Some(&grants[..]),
+                Some(Step::Learn(t)) => Some(&t.grants[..]),
                 _ => None,
             })
             .collect();
         let mut learned = match batches.len() {
             0 => Vec::new(),
+            // `learn` allocates nothing for its bookkeeping; most batches
+            // at a moderate rate hold one answer.
             1 => vec![self.grants.learn(batches[0])],
             _ => self.grants.learn_many(&batches),
         }
@@ -98,9 +103,9 @@ impl Handler {
             let fwd = &mut *it.fwd;
             let (outcome, reply) = match step {
                 Step::Done(outcome, reply) => (outcome, reply),
-                Step::Learn { .. } => {
+                Step::Learn(t) => {
                     let result = learned.next().unwrap_or(Ok(()));
-                    answered(&fwd.ask, &fwd.query, step, result, &mut fwd.facts)
+                    answered(&fwd.ask, &fwd.query, t, result, &mut fwd.facts)
                 }
             };
             self.report(&fwd.query, &fwd.facts, &outcome);
@@ -169,14 +174,14 @@ impl Handler {
             };
             return Step::Done(outcome, reply);
         }
-        Step::Learn {
+        Step::Learn(ToLearn {
             grants,
             learned,
             reply,
             truncated: relayed.truncated,
             rcode,
             received: answer.received,
-        }
+        })
     }
 }
 
@@ -185,26 +190,19 @@ impl Handler {
 fn answered(
     ask: &Ask,
     query: &Query,
-    step: Step,
+    t: ToLearn,
     result: Result<(), GrantError>,
     facts: &mut Facts,
 ) -> (Outcome, Vec<u8>) {
-    let Step::Learn {
-        learned,
-        reply,
-        truncated,
-        rcode,
-        received,
-        ..
-    } = step
-    else {
-        unreachable!("only called for a query with grants to learn");
-    };
     if let Err(e) = result {
         let reply = message::error_reply(&query.bytes, &ask.parsed, ResponseCode::ServFail);
         return (Outcome::LearnFailed(e), reply);
     }
-    facts.grant_commit = Some(received.elapsed());
-    facts.learned = learned;
-    (Outcome::Answered { rcode, truncated }, reply)
+    facts.grant_commit = Some(t.received.elapsed());
+    facts.learned = t.learned;
+    let outcome = Outcome::Answered {
+        rcode: t.rcode,
+        truncated: t.truncated,
+    };
+    (outcome, t.reply)
 }
