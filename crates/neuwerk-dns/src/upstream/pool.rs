@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::Query;
 use std::os::fd::AsRawFd;
@@ -325,6 +325,13 @@ struct Timeouts {
     closed: Cell<bool>,
 }
 
+/// How late the timer may fail a query. Deadlines come as densely as
+/// queries are sent, and most of them are of answered queries: waking once
+/// per slack, not once per deadline, keeps a pool that just served a burst
+/// from waking its thread every millisecond until the burst's deadlines
+/// pass (measured: ~160 wake-ups/s in the 5 s after 100k queries).
+const EXPIRY_SLACK: Duration = Duration::from_millis(10);
+
 /// Fails the [`Waiting`] queries whose deadline passed, until the pool is
 /// dropped.
 async fn expire(timeouts: Rc<Timeouts>) {
@@ -333,7 +340,7 @@ async fn expire(timeouts: Rc<Timeouts>) {
         match front {
             None => timeouts.armed.notified().await,
             Some(at) => tokio::select! {
-                () = tokio::time::sleep_until(at) => {}
+                () = tokio::time::sleep_until(at + EXPIRY_SLACK) => {}
                 // The pool closing.
                 () = timeouts.armed.notified() => {}
             },
