@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+
+use foldhash::fast::RandomState;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -143,12 +145,18 @@ fn looks_like_ip(name: &str) -> bool {
 
 /// Index over a network's hostname rules: per pattern kind, suffix -> the
 /// union of the ports of the rules with that pattern.
+///
+/// Seeded foldhash rather than SipHash: every query is hashed once per
+/// label, and the keys are the policy's, so a client choosing names can't
+/// grow a bucket.
 #[derive(Debug, Clone, Default)]
 pub struct HostIndex {
-    exact: HashMap<String, PortSet>,
-    one_label: HashMap<String, PortSet>,
-    any_depth: HashMap<String, PortSet>,
+    exact: Suffixes,
+    one_label: Suffixes,
+    any_depth: Suffixes,
 }
+
+type Suffixes = HashMap<String, PortSet, RandomState>;
 
 impl HostIndex {
     /// Adds a pattern with its ports (union with ports already there).
