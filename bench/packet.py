@@ -30,11 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -43,199 +39,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 import nft  # noqa: E402
 
-SYNTH_BIN = C.REPO / "target" / "release" / "nw-synth-dns"
-SERVER_IP = "192.0.2.100"  # benchmark servers, allowed by one static rule
-GRANTED_IP = "198.18.0.1"  # n1.bench.test: the reload test's grant-allowed flow
-CLIENT_CIDR = "10.100.1.0/24"
-PORT_IPERF = 5201
-PORT_SOCKPERF = 11111
-PORT_ECHO = 11113  # reload test, static-rule flow
-PORT_GRANT = 443  # every hostname rule's port; the reload test's grant flow
-CONN_PORTS = list(range(12000, 12016))
-BENCH_PORTS = [PORT_IPERF, PORT_SOCKPERF, PORT_ECHO, f"{CONN_PORTS[0]}-{CONN_PORTS[-1]}"]
-TTL = 86400  # answers outlive the run: grants never expire under measurement
+# The benchmark is split by concern into packet_*.py; what moved there is
+# re-exported here (__all__), so `packet.X` keeps working for every importer.
+from packet_fixtures import (  # noqa: E402
+    BENCH_PORTS, CLIENT_CIDR, CONN_CLIENT, CONN_PORTS, CONN_SERVER, ECHO_CLIENT, ECHO_SERVER,
+    GRANTED_IP, PORT_ECHO, PORT_GRANT, PORT_IPERF, PORT_SOCKPERF, SERVER_IP, SYNTH_BIN, TTL,
+    log, neuwerk_policy, nft_ruleset, static_rules, synth_addr,
+)
+from packet_neuwerk import NeuwerkSteps  # noqa: E402
+from packet_summary import FIGURES, aggregate, dig, percentiles, summarize  # noqa: E402
 
-
-def log(*a):
-    print("[packet]", *a, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- the allow-list
-
-
-def static_rules(n):
-    """n distinct static destinations that are never the benchmark's:
-    /32s of 203.0.113.0/24 and 198.51.100.0/24, then /28s of 100.64.0.0/10."""
-    out = []
-    for i in range(n):
-        if i < 256:
-            cidr = f"203.0.113.{i}/32"
-        elif i < 512:
-            cidr = f"198.51.100.{i - 256}/32"
-        else:
-            k = i - 512
-            cidr = f"100.{64 + k // 4096}.{(k // 16) % 256}.{(k % 16) * 16}/28"
-        out.append((cidr, [443] if i % 2 else [80, 443]))
-    return out
-
-
-def synth_addr(i):
-    """nw-synth-dns's answer for n<i>.bench.test (198.18.0.0/15, wrapping)."""
-    v = (198 << 24 | 18 << 16) + i % (1 << 17)
-    return f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}"
-
-
-def neuwerk_policy(n_hosts, n_static, extra_hosts=()):
-    """clients: the benchmark servers' rule, n_static static rules and
-    n_hosts hostname rules n0..n<n_hosts-1>.bench.test (port 443)."""
-    lines = [
-        "networks:",
-        "  - name: clients",
-        f"    cidrs: [{CLIENT_CIDR}]",
-        "    policies:",
-        f"      - ip: {SERVER_IP}",
-        "        ports: [" + ", ".join(f'"{p}"' if isinstance(p, str) else str(p) for p in BENCH_PORTS) + "]",
-    ]
-    for cidr, ports in static_rules(n_static):
-        lines.append(f"      - ip: {cidr}")
-        lines.append(f"        ports: [{', '.join(map(str, ports))}]")
-    for h in [f"n{i}.bench.test" for i in range(n_hosts)] + list(extra_hosts):
-        lines.append(f"      - hostname: {h}")
-        lines.append(f"        ports: [{PORT_GRANT}]")
-    return "\n".join(lines) + "\n"
-
-
-def nft_ruleset(n_hosts, n_static, flowtable=False):
-    static = [(SERVER_IP, [p for p in BENCH_PORTS])] + static_rules(n_static)
-    learned = [(synth_addr(i), PORT_GRANT) for i in range(n_hosts)]
-    return nft.build_ruleset(
-        CLIENT_CIDR, "nwi0", static, learned, flowtable=("nwi0", "nwe0") if flowtable else None
-    )
-
-
-# --------------------------------------------------------------------------- helper programs
-
-# A TCP connect/close loop: W processes, each with `conc` non-blocking
-# connects in flight, for `secs`; prints one JSON line.
-CONN_CLIENT = r"""
-import errno, json, os, selectors, socket, sys, time
-dst, ports, secs, conc, workers = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-def worker(wfd):
-    sel = selectors.DefaultSelector(); ok = 0; errs = {}; k = os.getpid()
-    def start():
-        nonlocal k
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.setblocking(False)
-        k += 1; rc = s.connect_ex((dst, ports[k % len(ports)]))
-        if rc not in (0, errno.EINPROGRESS):
-            errs[errno.errorcode.get(rc, str(rc))] = errs.get(errno.errorcode.get(rc, str(rc)), 0) + 1; s.close(); return
-        sel.register(s, selectors.EVENT_WRITE)
-    t_end = time.monotonic() + secs
-    for _ in range(conc): start()
-    while time.monotonic() < t_end:
-        for key, _ in sel.select(0.5):
-            s = key.fileobj; sel.unregister(s)
-            e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if e == 0: ok += 1
-            else: errs[errno.errorcode.get(e, str(e))] = errs.get(errno.errorcode.get(e, str(e)), 0) + 1
-            s.close()
-            start()
-        if not sel.get_map(): start()
-    os.write(wfd, (json.dumps({"ok": ok, "errors": errs}) + "\n").encode())
-t0 = time.monotonic(); pipes = []
-for _ in range(workers):
-    r, w = os.pipe()
-    if os.fork() == 0:
-        os.close(r); worker(w); os._exit(0)
-    os.close(w); pipes.append(r)
-res = [json.loads(os.fdopen(r).read()) for r in pipes]
-for _ in pipes: os.wait()
-errs = {}
-for x in res:
-    for k, v in x["errors"].items(): errs[k] = errs.get(k, 0) + v
-print(json.dumps({"ok": sum(x["ok"] for x in res), "errors": errs, "secs": secs}))
-"""
-
-# Accepts and closes on every port, until killed.
-CONN_SERVER = r"""
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for p in sys.argv[2].split(","):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(p))); s.listen(4096); s.setblocking(False); sel.register(s, selectors.EVENT_READ)
-while True:
-    for key, _ in sel.select():
-        while True:
-            try: c, _ = key.fileobj.accept()
-            except BlockingIOError: break
-            c.close()
-"""
-
-# UDP echo on each address:port given, until killed; counts what it saw.
-ECHO_SERVER = r"""
-import selectors, socket, sys, signal, json
-sel = selectors.DefaultSelector(); seen = {}
-for ap in sys.argv[1:]:
-    a, p = ap.rsplit(":", 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((a, int(p))); s.setblocking(False)
-    sel.register(s, selectors.EVENT_READ, ap); seen[ap] = 0
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-def bye(*_):
-    print(json.dumps(seen), flush=True); sys.exit(0)
-signal.signal(signal.SIGTERM, bye)
-while True:
-    for key, _ in sel.select():
-        while True:
-            try: d, peer = key.fileobj.recvfrom(2048)
-            except BlockingIOError: break
-            seen[key.data] += 1; key.fileobj.sendto(d, peer)
-"""
-
-# Sends a sequence-numbered datagram to each address:port at `rate`/s each
-# over one connected socket per target until SIGTERM, then waits `drain` s
-# for the last replies; prints sent/received per target.
-ECHO_CLIENT = r"""
-import json, selectors, signal, socket, struct, sys, time
-rate = float(sys.argv[1]); targets = sys.argv[2:]; socks = []; stop = False
-sel = selectors.DefaultSelector()
-for ap in targets:
-    a, p = ap.rsplit(":", 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((a, int(p))); s.setblocking(False)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sel.register(s, selectors.EVENT_READ, ap); socks.append((ap, s))
-sent = {ap: 0 for ap in targets}; got = {ap: 0 for ap in targets}; gaps = {ap: [] for ap in targets}
-last_rx = {ap: None for ap in targets}
-def on_term(*_):
-    global stop; stop = True
-signal.signal(signal.SIGTERM, on_term)
-print("ready", flush=True)
-t0 = time.monotonic(); n = 0; interval = 1.0 / rate
-def recv_all(timeout):
-    for key, _ in sel.select(timeout):
-        while True:
-            try: d = key.fileobj.recv(2048)
-            except (BlockingIOError, ConnectionRefusedError): break
-            got[key.data] += 1; now = time.monotonic()
-            if last_rx[key.data] is not None and now - last_rx[key.data] > 0.01: gaps[key.data].append(round(now - last_rx[key.data], 4))
-            last_rx[key.data] = now
-while not stop:
-    due = t0 + n * interval; now = time.monotonic()
-    if now >= due:
-        for ap, s in socks:
-            try: s.send(struct.pack("!Q", n) + b"x" * 56); sent[ap] += 1
-            except (BlockingIOError, ConnectionRefusedError): pass
-        n += 1
-    else:
-        recv_all(due - now)
-t_end = time.monotonic() + float(0.5)
-while time.monotonic() < t_end: recv_all(0.05)
-print(json.dumps({"sent": sent, "received": got, "rx_gaps_over_10ms_s": gaps}), flush=True)
-"""
+__all__ = [
+    "Bench", "run",
+    "BENCH_PORTS", "CLIENT_CIDR", "CONN_CLIENT", "CONN_PORTS", "CONN_SERVER", "ECHO_CLIENT", "ECHO_SERVER",
+    "GRANTED_IP", "PORT_ECHO", "PORT_GRANT", "PORT_IPERF", "PORT_SOCKPERF", "SERVER_IP", "SYNTH_BIN", "TTL",
+    "log", "neuwerk_policy", "nft_ruleset", "static_rules", "synth_addr",
+    "NeuwerkSteps", "FIGURES", "aggregate", "dig", "percentiles", "summarize",
+]
 
 
 # --------------------------------------------------------------------------- measurement
 
 
-class Bench:
+class Bench(NeuwerkSteps):
     def __init__(self, cfg):
         self.quick = bool(cfg.get("quick"))
         self.out = Path(cfg.get("out") or C.REPO / "bench" / "results")
@@ -471,50 +297,8 @@ class Bench:
             f"{r['latency_busy']['rtt_us']['p99']} us, {r['conns']['conns_per_s']} conn/s")
         return r
 
-    # ---- DNS-learned grants
-
-    def resolve(self, names_file, source=None, qps_limit=None):
-        """Resolves every name of the file once through neuwerk (dnsperf)."""
-        argv = ["dnsperf", "-s", C.FW_IN_IP, "-d", names_file, "-n", "1", "-q", "200", "-t", "5", "-c", "4"]
-        if source:
-            argv += ["-a", source]
-        if qps_limit:
-            argv += ["-Q", qps_limit]
-        t0 = time.monotonic()
-        cp = C.ns_run(self.topo.client, argv, check=False, timeout=3600)
-        wall = time.monotonic() - t0
-        out = cp.stdout + cp.stderr
-        done = re.search(r"Queries completed:\s+(\d+)", out)
-        lost = re.search(r"Queries lost:\s+(\d+)", out)
-        if not done:
-            raise RuntimeError(f"dnsperf: {out[-1500:]}")
-        return {"completed": int(done.group(1)), "lost": int(lost.group(1)) if lost else None,
-                "wall_s": round(wall, 3)}
-
-    def names_file(self, start, count):
-        p = self.work / f"names-{start}-{count}.txt"
-        with open(p, "w") as f:
-            for i in range(start, start + count):
-                f.write(f"n{i}.bench.test A\n")
-        return p
-
-    def grants_active(self):
-        return sum(v for n, _, v in self.neuwerk.metric_samples("neuwerk_grants_active") if n == "neuwerk_grants_active")
-
-    def learn(self, count):
-        """Resolves n0..n<count-1>; returns the figures, with grants active."""
-        f = self.names_file(0, count)
-        first = self.resolve(f)
-        res = {"names": count, "dnsperf": first, "qps": round(first["completed"] / first["wall_s"])}
-        active = self.grants_active()
-        if active < count:  # lost queries: one more pass (repeats just refresh)
-            log(f"{active} of {count} grants active, resolving again")
-            res["dnsperf_retry"] = self.resolve(f)
-            active = self.grants_active()
-        res["grants_active"] = active
-        return res
-
     # ---- configurations: each is set up, measured (suite) and torn down once per round
+    # (neuwerk's set-up and tear-down are in NeuwerkSteps)
 
     def setup_nftables(self, flowtable=False):
         name = "nftables_flowtable" if flowtable else "nftables"
@@ -541,208 +325,6 @@ class Bench:
         st = C.ns_run(self.topo.fw, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], check=False)
         C.ns_run(self.topo.fw, ["nft", "delete", "table", "inet", nft.TABLE], check=False)
         return {"conntrack_entries_at_end": int(st.stdout.strip() or 0)}
-
-    def start_neuwerk(self, policy_text, tag, extra_config=""):
-        self.neuwerk = C.Neuwerk(self.topo, self.work / tag, policy_text, log_level="warn",
-                                 extra_config=extra_config)
-        t0 = time.monotonic()
-        self.neuwerk.start(ready_timeout=300)
-        return time.monotonic() - t0
-
-    def stop_neuwerk(self):
-        if self.neuwerk:
-            self.neuwerk.stop()
-            self.neuwerk = None
-
-    def neuwerk_policy_check(self):
-        policy = neuwerk_policy(self.n_hosts, self.n_static)
-        pfile = self.work / "policy.yaml"
-        pfile.write_text(policy)
-        times = []
-        for _ in range(3):
-            t0 = time.monotonic()
-            cp = subprocess.run([C.NEUWERK_BIN, "policy", "check", pfile], capture_output=True, text=True)
-            times.append(round(time.monotonic() - t0, 3))
-        log(f"neuwerk: policy check of {self.n_hosts} hostname + {self.n_static} static rules: {times} s")
-        return {"policy_check_s": min(times), "policy_check_runs_s": times,
-                "policy_check_output": (cp.stdout + cp.stderr).strip()[-300:],
-                "policy_bytes": len(policy), "hostname_rules": self.n_hosts, "static_rules": self.n_static}
-
-    def setup_neuwerk(self, rnd):
-        policy = neuwerk_policy(self.n_hosts, self.n_static)
-        r = {"startup_to_ready_s": round(self.start_neuwerk(policy, f"neuwerk-{rnd}"), 3)}
-        log(f"neuwerk: ready after {r['startup_to_ready_s']} s; learning {self.n_hosts} grants")
-        r["learn"] = self.learn(self.n_hosts)
-        log(f"neuwerk: {r['learn']['grants_active']:.0f} grants active ({r['learn']['qps']} names/s)")
-        r["memory_after_learn"] = self.memory()
-        if rnd == 0:
-            r["idle_cpu"] = self.idle_cpu()
-            log(f"neuwerk: idle with {r['learn']['grants_active']:.0f} grants: {r['idle_cpu']['neuwerk_cores']} cores")
-        return r
-
-    def teardown_neuwerk(self, rnd):
-        r = {"grants_active_at_end": self.grants_active(),
-             "packet_reasons": {l.get("reason"): v for n, l, v in self.neuwerk.metric_samples("neuwerk_packet_reasons_total")}}
-        if rnd == 0:
-            log("neuwerk: reloads under traffic")
-            r["reload"] = self.reload_test()
-        self.stop_neuwerk()
-        return r
-
-    # ---- reloads under traffic
-
-    def reload_test(self):
-        """Two steady UDP flows through established connections (one allowed
-        by the static rule, one by a DNS grant) while the policy of N
-        hostname rules is reloaded `self.reloads` times over the API."""
-        up, cl = self.topo.up, self.topo.client
-        rate = 2000
-        echo = C.ns_popen(up, ["/usr/bin/python3", self.work / "echo_server.py",
-                               f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
-                          stdout=subprocess.PIPE, stderr=open(self.work / "echo-server.err", "w"), text=True)
-        C.wait_udp_port(up, PORT_ECHO)
-        cli = C.ns_popen(cl, ["/usr/bin/python3", self.work / "echo_client.py", rate,
-                              f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
-                         stdout=subprocess.PIPE, stderr=open(self.work / "echo-client.err", "w"), text=True)
-        cli.stdout.readline()
-        time.sleep(1.0)  # established, and steady
-        durations, codes = [], []
-        meter = C.CpuMeter(self.watch()).start()
-        for i in range(self.reloads):
-            cp = C.ns_run(self.topo.fw, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
-                                         "-X", "POST", C.MGMT_URL + "/api/v1/policy/reload"],
-                          check=False, timeout=300)
-            code, secs = (cp.stdout.split() + ["0", "0"])[:2]
-            codes.append(int(code))
-            durations.append(round(float(secs), 4))
-            time.sleep(0.2)
-        cpu = meter.stop()
-        time.sleep(1.0)
-        cli.send_signal(signal.SIGTERM)
-        out, _ = cli.communicate(timeout=30)
-        c = json.loads(out.strip().splitlines()[-1])
-        echo.send_signal(signal.SIGTERM)
-        sout, _ = echo.communicate(timeout=10)
-        seen = json.loads(sout.strip().splitlines()[-1]) if sout.strip() else {}
-        flows = {}
-        for ap in c["sent"]:
-            flows[ap] = {"sent": c["sent"][ap], "server_received": seen.get(ap), "echoes_received": c["received"][ap],
-                         "lost": c["sent"][ap] - c["received"][ap], "rx_gaps_over_10ms_s": c["rx_gaps_over_10ms_s"][ap]}
-        r = {
-            "reloads": self.reloads,
-            "hostname_rules": self.n_hosts,
-            "http_codes": codes,
-            "durations_s": durations,
-            "duration_s": {"min": min(durations), "median": statistics.median(durations), "max": max(durations)},
-            "flow_rate_pps_each": rate,
-            "flows": flows,
-            "lost_total": sum(f["lost"] for f in flows.values()),
-            "cpu_during_reloads": cpu,
-        }
-        log(f"reloads: {durations} s; lost {r['lost_total']} of {sum(c['sent'].values())}")
-        return r
-
-    # ---- memory
-
-    def map_memory(self, pid):
-        """memlock of every eBPF map the process holds (from /proc/<pid>/fdinfo), by name."""
-        ids = {}
-        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-            try:
-                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-            except OSError:
-                continue
-            m_id = re.search(r"map_id:\s+(\d+)", info)
-            m_mem = re.search(r"memlock:\s+(\d+)", info)
-            if m_id and m_mem and "map_type" in info:
-                ids[int(m_id.group(1))] = int(m_mem.group(1))
-        names = {}
-        show = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True)
-        try:
-            for m in json.loads(show.stdout):
-                if m["id"] in ids:
-                    names[m.get("name", str(m["id"]))] = ids[m["id"]]
-        except ValueError:
-            names = {str(k): v for k, v in ids.items()}
-        return names
-
-    def idle_cpu(self):
-        """neuwerk's own CPU with no traffic (its periodic work: expiry
-        sweep, map counting), over two of its 5 s counting periods."""
-        secs = 6 if self.quick else 10.5
-        m = C.CpuMeter({"neuwerk": self.neuwerk.pid}).start()
-        time.sleep(secs)
-        r = m.stop()
-        return {"secs": secs, "neuwerk_cores": r["procs"]["neuwerk"]["cores"], "machine": r["machine"]}
-
-    def memory(self):
-        pid = self.neuwerk.pid
-        status = Path(f"/proc/{pid}/status").read_text()
-        rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-        maps = self.map_memory(pid)
-        return {
-            "rss_bytes": rss_kb * 1024,
-            "maps_memlock_bytes": sum(maps.values()),
-            "grants_map_bytes": maps.get("nw_grants"),
-            "maps": maps,
-            "total_bytes": rss_kb * 1024 + sum(maps.values()),
-        }
-
-    def run_memory(self):
-        """Grants learned through DNS up to self.mem_grants, memory at each step.
-
-        nw-synth-dns answers inside 198.18.0.0/15 (131,072 addresses) and a
-        grant is per (network, address): the names are spread over 8
-        networks (a /27 of the client /24 each, queried from an address in
-        it), each network resolving its own run of consecutive names, so
-        that every name is a distinct grant in the kernel map too.
-        """
-        nets = 8
-        per_net = -(-self.mem_grants // nets)
-        lines = ["networks:"]
-        for k in range(nets):
-            lines += [f"  - name: net{k}", f"    cidrs: [10.100.1.{32 * k}/27]", "    policies:",
-                      '      - hostname: "*.bench.test"', f"        ports: [{PORT_GRANT}]"]
-        policy = "\n".join(lines) + "\n"
-        sources = [f"10.100.1.{32 * k + 20}" for k in range(nets)]
-        for s in sources:
-            C.ns_run(self.topo.client, ["ip", "addr", "add", f"{s}/24", "dev", "cli0"], check=False)
-        r = {"target_grants": self.mem_grants, "networks": nets}
-        r["startup_to_ready_s"] = round(self.start_neuwerk(policy, "memory"), 3)
-        steps = [self.memory() | {"grants_active": 0}]
-        t0 = time.monotonic()
-        learned = 0
-        for k in range(nets):
-            n = min(per_net, self.mem_grants - learned)
-            if n <= 0:
-                break
-            f = self.names_file(learned, n)
-            d = self.resolve(f, source=sources[k])
-            learned += n
-            active = self.grants_active()
-            if active < learned:
-                d["retry"] = self.resolve(f, source=sources[k])
-                active = self.grants_active()
-            steps.append(self.memory() | {"grants_active": active, "dnsperf": d})
-            log(f"memory: {active} grants active after {time.monotonic() - t0:.0f} s, "
-                f"RSS {steps[-1]['rss_bytes'] >> 20} MiB, maps {steps[-1]['maps_memlock_bytes'] >> 20} MiB")
-        r["learn_s"] = round(time.monotonic() - t0, 1)
-        r["steps"] = steps
-        r["idle_cpu"] = self.idle_cpu()
-        log(f"memory: neuwerk idle with {steps[-1]['grants_active']:.0f} grants: "
-            f"{r['idle_cpu']['neuwerk_cores']} cores")
-        last, first = steps[-1], steps[0]
-        g = max(last["grants_active"], 1)
-        r["final"] = {k: last[k] for k in ("grants_active", "rss_bytes", "maps_memlock_bytes", "grants_map_bytes",
-                                            "total_bytes")}
-        r["per_grant_bytes"] = {
-            "rss": round((last["rss_bytes"] - first["rss_bytes"]) / g, 1),
-            "grants_map": round(((last["grants_map_bytes"] or 0) - (first["grants_map_bytes"] or 0)) / g, 1),
-        }
-        self.stop_neuwerk()
-        for s in sources:
-            C.ns_run(self.topo.client, ["ip", "addr", "del", f"{s}/24", "dev", "cli0"], check=False)
-        return r
 
     # ---- the run
 
@@ -811,99 +393,6 @@ class Bench:
         with open(self.out / "packet.json", "w") as f:
             json.dump(res, f, indent=2)
         return res
-
-
-FIGURES = {
-    "tcp_1_gbit_s": ("tcp_1", "gbit_s"),
-    "tcp_4_gbit_s": ("tcp_4", "gbit_s"),
-    "udp_64_pps": ("udp_64", "pps_received"),
-    "conns_per_s": ("conns", "conns_per_s"),
-    "latency_busy_p50_us": ("latency_busy", "rtt_us", "p50"),
-    "latency_busy_p95_us": ("latency_busy", "rtt_us", "p95"),
-    "latency_busy_p99_us": ("latency_busy", "rtt_us", "p99"),
-    "latency_busy_p99.9_us": ("latency_busy", "rtt_us", "p99.9"),
-    "latency_default_p50_us": ("latency_default", "rtt_us", "p50"),
-    "latency_default_p95_us": ("latency_default", "rtt_us", "p95"),
-    "latency_default_p99_us": ("latency_default", "rtt_us", "p99"),
-    "latency_default_p99.9_us": ("latency_default", "rtt_us", "p99.9"),
-}
-
-
-def aggregate(rounds):
-    """The median over rounds of every figure, and the values it came from."""
-    out = {}
-    for key, path in FIGURES.items():
-        vals = [dig(r, path) for r in rounds if dig(r, path) is not None]
-        out[key] = {"median": round(statistics.median(vals), 3) if vals else None, "runs": vals}
-    return {"figures": out}
-
-
-def percentiles(xs):
-    if not xs:
-        return {}
-    s = sorted(xs)
-
-    def q(p):
-        return round(s[min(len(s) - 1, int(p * len(s)))], 3)
-
-    return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "p99.9": q(0.999), "max": round(s[-1], 3),
-            "mean": round(sum(s) / len(s), 3)}
-
-
-def summarize(res, per_round):
-    """Ratios to the baseline (throughput, rates) and added latency, each the
-    median over rounds of the per-round comparison with that round's baseline:
-    drift on the shared machine between rounds cancels out."""
-    base = per_round["baseline"]
-    out = {}
-    for key, path in FIGURES.items():
-        out[key] = {c: res["configs"][c]["figures"][key]["median"] for c in per_round}
-        rel = {}
-        for c, rounds in per_round.items():
-            if c == "baseline":
-                continue
-            vals = []
-            for r, b in zip(rounds, base):
-                v, bv = dig(r, path), dig(b, path)
-                if v is None or not bv:
-                    continue
-                vals.append(v - bv if key.startswith("latency") else v / bv)
-            if vals:
-                rel[c] = {"median": round(statistics.median(vals), 3), "runs": [round(v, 3) for v in vals]}
-        out[key + ("_added" if key.startswith("latency") else "_ratio")] = rel
-        # How much the baseline itself moved between rounds: the noise floor
-        # of this figure on this machine ((max - min) / median).
-        bvals = [dig(b, path) for b in base if dig(b, path) is not None]
-        if len(bvals) > 1 and statistics.median(bvals):
-            out[key + "_baseline_spread"] = round((max(bvals) - min(bvals)) / statistics.median(bvals), 3)
-    nw = res["configs"].get("neuwerk", {})
-    rounds = per_round.get("neuwerk", [])
-    if rounds:
-        out["neuwerk_startup_to_ready_s"] = [r["setup"]["startup_to_ready_s"] for r in rounds]
-        out["neuwerk_grants_active"] = [r["setup"]["learn"]["grants_active"] for r in rounds]
-        out["neuwerk_learn_names_per_s"] = [r["setup"]["learn"]["qps"] for r in rounds]
-        out["policy_check_s"] = nw.get("policy_check_s")
-        if "idle_cpu" in rounds[0]["setup"]:
-            out["neuwerk_idle_cores"] = rounds[0]["setup"]["idle_cpu"]["neuwerk_cores"]
-    if "reload" in res:
-        out["reload_lost_packets"] = res["reload"]["lost_total"]
-        out["reload_duration_s"] = res["reload"]["duration_s"]
-    nft_rounds = per_round.get("nftables", [])
-    if nft_rounds:
-        out["nftables_load_s"] = [r["setup"]["load_s"] for r in nft_rounds]
-    if "memory" in res:
-        out["memory_final"] = res["memory"]["final"]
-        out["memory_per_grant_bytes"] = res["memory"]["per_grant_bytes"]
-        out["memory_neuwerk_idle_cores"] = res["memory"]["idle_cpu"]["neuwerk_cores"]
-    return out
-
-
-def dig(d, path):
-    for k in path:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def run(cfg) -> dict:
