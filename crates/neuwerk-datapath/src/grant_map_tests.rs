@@ -65,6 +65,11 @@ fn slots_keep_the_longest_lived_port_sets() {
 /// directly (no object to load). Needs root (CAP_BPF): without it the test
 /// fails, saying so, rather than passing untried.
 fn scratch_grant_map() -> GrantMap {
+    scratch_map(1, 0, 8) // BPF_MAP_TYPE_HASH
+}
+
+/// A map of `map_type` with the grant map's key and value sizes.
+fn scratch_map(map_type: u32, map_flags: u32, max_entries: u32) -> GrantMap {
     #[repr(C)]
     struct CreateAttr {
         map_type: u32,
@@ -74,11 +79,11 @@ fn scratch_grant_map() -> GrantMap {
         map_flags: u32,
     }
     let mut attr = CreateAttr {
-        map_type: 1, // BPF_MAP_TYPE_HASH
+        map_type,
         key_size: std::mem::size_of::<abi::GrantKey>() as u32,
         value_size: std::mem::size_of::<abi::GrantValue>() as u32,
-        max_entries: 8,
-        map_flags: 0,
+        max_entries,
+        map_flags,
     };
     // SAFETY: BPF_MAP_CREATE (0) with the leading fields of its bpf_attr
     // member; the kernel zero-fills the rest.
@@ -87,7 +92,9 @@ fn scratch_grant_map() -> GrantMap {
     // SAFETY: a new fd the kernel just returned, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let data = MapData::from_fd(fd).unwrap();
-    let map = HashMap::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    // Wrapped as a hash map whatever its type: GrantMap only needs the
+    // sizes aya checks.
+    let map = HashMap::try_from(Map::HashMap(data)).unwrap();
     GrantMap::new(map)
 }
 
@@ -179,5 +186,26 @@ fn batch_updates_larger_than_a_syscall_are_chunked() {
     for k in 0..4u32 {
         let last = (0..n).rev().find(|i| *i as u32 % 4 == k).unwrap();
         assert_eq!(grants.map.get(&key(k), 0).unwrap(), values[last]);
+    }
+}
+
+#[test]
+fn a_batch_the_kernel_refuses_whole_is_tried_one_by_one() {
+    // A map read-only to userspace: the kernel refuses the batch before
+    // any element (as a kernel without batch support would), so no element
+    // is to blame and each is written alone, failing with its own error.
+    let grants = scratch_map(1, 1 << 3, 8); // BPF_MAP_TYPE_HASH, BPF_F_RDONLY
+    let keys: Vec<_> = (0..3).map(key).collect();
+    let values: Vec<_> = (0..3).map(|i| value(i + 1, 1000)).collect();
+    assert_eq!(
+        grants.update_batch(&keys, &values),
+        Err(keys.len()),
+        "not refused whole: this test no longer covers the fallback"
+    );
+    let failed = update_many(&grants, &keys, &values);
+    let at: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+    assert_eq!(at, [0, 1, 2]);
+    for (_, e) in &failed {
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
     }
 }
