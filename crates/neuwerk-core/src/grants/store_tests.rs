@@ -186,6 +186,90 @@ fn retain_revokes_and_rewrites_changed_ports() {
 }
 
 #[test]
+fn retain_judges_every_grant_across_batches() {
+    let s = GrantStore::new(Recorder::default());
+    // Three full batches and a part one; every third address loses its
+    // grant, every other one gets new ports, the rest stay as they are.
+    let n = 3 * RETAIN_BATCH + 5;
+    let addr = |i: usize| format!("10.0.{}.{}", i / 256, i % 256);
+    let grants: Vec<Grant> = (0..n)
+        .map(|i| grant(&format!("h{i}.example"), &addr(i), 443, 100))
+        .collect();
+    s.learn(&grants).unwrap();
+    let writes_before = writes(&s);
+    let mut judged = 0;
+    let revoked = s.retain(|_, host| {
+        judged += 1;
+        let i: usize = host[1..host.find('.').unwrap()].parse().unwrap();
+        match i % 3 {
+            0 => None,
+            1 => Some(ports(8443)),
+            _ => Some(ports(443)),
+        }
+    });
+    assert_eq!(judged, n);
+    assert_eq!(revoked.len(), n.div_ceil(3));
+    assert_eq!(s.len(), n - n.div_ceil(3));
+    for i in 0..n {
+        let expected = match i % 3 {
+            0 => None,
+            1 => Some(vec![(ports(8443), 100)]),
+            _ => Some(vec![(ports(443), 100)]),
+        };
+        assert_eq!(backend_entries(&s, &addr(i)), expected, "address {i}");
+    }
+    // Only the changed addresses were rewritten (removals are not writes).
+    assert_eq!(
+        writes(&s) - writes_before,
+        (0..n).filter(|i| i % 3 == 1).count()
+    );
+}
+
+#[test]
+fn a_learner_gets_in_between_the_batches_of_a_reload() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = GrantStore::new(Recorder::default());
+    let n = 8 * RETAIN_BATCH;
+    let grants: Vec<Grant> = (0..n)
+        .map(|i| {
+            grant(
+                "a.example",
+                &format!("10.0.{}.{}", i / 256, i % 256),
+                443,
+                100,
+            )
+        })
+        .collect();
+    s.learn(&grants).unwrap();
+    let judged = AtomicUsize::new(0);
+    let retained = AtomicBool::new(false);
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            s.retain(|_, _| {
+                judged.fetch_add(1, Ordering::SeqCst);
+                // A slow judgement (10 µs): each batch holds the lock a while.
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_micros(10) {}
+                Some(ports(443))
+            });
+            retained.store(true, Ordering::SeqCst);
+        });
+        // The walk holds the lock now; learn waits for it.
+        while judged.load(Ordering::SeqCst) == 0 {
+            std::hint::spin_loop();
+        }
+        s.learn(&[grant("b.example", "192.0.2.1", 443, 100)])
+            .unwrap();
+        // Handed the lock at a batch's end, not after the whole walk.
+        assert!(
+            !retained.load(Ordering::SeqCst),
+            "learn waited for the whole walk"
+        );
+        assert!(judged.load(Ordering::SeqCst) < n);
+    });
+}
+
+#[test]
 fn counts_live_grants_per_network() {
     let s = GrantStore::new(Recorder::default());
     s.learn(&[
