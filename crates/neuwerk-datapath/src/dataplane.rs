@@ -30,7 +30,7 @@ use crate::grant_map::{GrantMap, Slots};
 use neuwerk_core::policy::{Policy, PortSet};
 
 use crate::addr::{addr_bytes, addr_from_bytes};
-use crate::compile::{compile, NetIds, NetNames, Tables};
+use crate::compile::{compile, plan, NetIds, NetNames, Plan, Tables};
 use crate::error::DataplaneError;
 use crate::loader::{self, EventLimits};
 use crate::portsets::Interner;
@@ -88,10 +88,10 @@ struct Interned {
 }
 
 impl Interned {
-    /// Compiles `policy`, assigning ids, and writes the port set rows it
-    /// adds.
-    fn compile(&mut self, policy: &Policy) -> Result<Tables, DataplaneError> {
-        let tables = compile(policy, &mut self.ids, &mut self.interner)?;
+    /// Compiles a planned policy, assigning ids, and writes the port set
+    /// rows it adds.
+    fn compile(&mut self, plan: &Plan) -> Result<Tables, DataplaneError> {
+        let tables = compile(plan, &mut self.ids, &mut self.interner)?;
         self.write_portsets(&tables.fresh_portsets)?;
         Ok(tables)
     }
@@ -296,11 +296,12 @@ impl Dataplane {
     /// Swaps in `policy` atomically (see the module doc). On error the old
     /// policy stays in force and nothing of the new one remains.
     pub fn apply_policy(&self, policy: &Policy) -> Result<(), DataplaneError> {
-        // The maps lock serializes swaps; grant writes wait only for the
-        // compile, not for the table writes.
+        // Planned before any lock; the maps lock serializes swaps, and grant
+        // writes wait only for the interning, not for the table writes.
+        let plan = plan(policy);
         let mut guard = self.lock();
         let m = &mut *guard;
-        let tables = self.interned().compile(policy)?;
+        let tables = self.interned().compile(&plan)?;
         let next = m.gen ^ 1;
         let mut written = RowKeys::default();
         if let Err(e) = write_generation(m, &tables, next, &mut written) {
