@@ -75,7 +75,7 @@ class Bench(NeuwerkSteps):
         self.n_static = 1000
         self.mem_grants = 100_000 if q else 1_000_000
         self.reloads = 3 if q else 10
-        self.rounds = 1 if q else 4  # every configuration, rotated, then medians
+        self.rounds = 1 if q else 6  # every configuration, rotated, then medians
         self.quiet_max_s = 10 if q else 60
         self.skip_memory = False
         self.topo = None
@@ -406,7 +406,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(C.REPO / "bench" / "results"))
     ap.add_argument("--flowtable", action="store_true", help="also nftables with a software flowtable (default: full mode)")
-    ap.add_argument("--rounds", type=int, help="rounds of every configuration (default: 1 quick, 4 full)")
+    ap.add_argument("--rounds", type=int, help="rounds of every configuration (default: 1 quick, 6 full)")
     ap.add_argument("--secs", type=int, help="seconds per figure (default: 2 quick, 4 full)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory step")
     a = ap.parse_args()
