@@ -13,6 +13,7 @@
 //! - `wire`: the few wire-format offsets the above patch in place.
 //! - `batch`, `outbox`: datagrams read and sent in batches (`recvmmsg`,
 //!   `sendmmsg`), with a batch's sends held until it is handled.
+//! - `dgram`: UDP sockets the reactor watches for reading only.
 
 use std::future::Future;
 use std::io;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 mod answer;
 mod batch;
+mod dgram;
 mod handler;
 mod listen;
 mod message;

@@ -9,10 +9,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinSet, LocalSet};
 
+use crate::dgram::Datagrams;
 use crate::handler::Handler;
 use crate::listen;
 use crate::upstream::Upstreams;
@@ -69,7 +70,7 @@ async fn serve(sockets: Sockets, shared: Shared) -> Result<(), DnsError> {
     ));
     let mut listeners = JoinSet::new();
     for socket in sockets.udp {
-        let socket = UdpSocket::from_std(socket).map_err(DnsError::Runtime)?;
+        let socket = Datagrams::new(socket).map_err(DnsError::Runtime)?;
         listeners.spawn_local(listen::udp::serve(
             socket,
             handler.clone(),

@@ -19,12 +19,12 @@ use hickory_proto::op::Query as Question;
 use std::os::fd::AsRawFd;
 
 use socket2::SockAddr;
-use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::Query;
 use crate::batch::{self, RecvBatch};
+use crate::dgram::Datagrams;
 use crate::handler::{Begin, Finish, Forward, Handler};
 use crate::outbox::{self, Flush};
 use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
@@ -40,7 +40,7 @@ const MAX_UDP_QUERY: usize = 4096;
 
 /// One listening socket and what its queries share.
 struct Listener {
-    socket: UdpSocket,
+    socket: Datagrams,
     handler: Arc<Handler>,
     upstreams: Rc<Upstreams>,
     /// Queries between receipt and reply.
@@ -55,7 +55,7 @@ struct Listener {
 
 /// Receives datagrams until dropped (the server's shutdown drops it, and
 /// with it every in-flight query).
-pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: Rc<Upstreams>) {
+pub(crate) async fn serve(socket: Datagrams, handler: Arc<Handler>, upstreams: Rc<Upstreams>) {
     let listener = Rc::new(Listener {
         socket,
         handler,
@@ -67,17 +67,12 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Arc<Handler>, upstreams: R
     });
     // Reused for every batch; each query gets an exact-size copy.
     let mut batch = RecvBatch::new(MAX_UDP_QUERY);
-    let fd = listener.socket.as_raw_fd();
     loop {
         if listener.inflight.get() >= MAX_UDP_INFLIGHT {
             listener.room.notified().await;
             continue;
         }
-        let received = match listener
-            .socket
-            .async_io(batch::READ, || batch.recv(fd))
-            .await
-        {
+        let received = match listener.socket.recv(&mut batch).await {
             Ok(n) => n,
             Err(e) => {
                 // Not expected on an unconnected socket; the pause keeps a
@@ -188,9 +183,7 @@ impl Listener {
             queue.push((reply, to));
             return;
         }
-        // Straight to the kernel (tokio's `try_send_to` refuses until the
-        // reactor has seen the socket writable).
-        if let Err(e) = socket2::SockRef::from(&self.socket).send_to(&reply, &to) {
+        if let Err(e) = socket2::SockRef::from(self.socket.socket()).send_to(&reply, &to) {
             self.unsent(reply, peer, e);
         }
     }
@@ -204,7 +197,7 @@ impl Listener {
         }
         let this = self.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = this.socket.send_to(&reply, peer).await {
+            if let Err(e) = this.socket.send(&reply, Some(&peer.into())).await {
                 debug!(%peer, error = %e, "UDP reply not sent");
             }
         });

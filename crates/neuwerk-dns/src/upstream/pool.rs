@@ -34,12 +34,12 @@ use hickory_proto::op::Query;
 use std::os::fd::AsRawFd;
 
 use socket2::SockAddr;
-use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
 use super::{accept, Answer, MAX_UDP_ANSWER};
 use crate::batch::{self, RecvBatch};
+use crate::dgram::Datagrams;
 use crate::outbox::{self, Flush};
 use crate::wire;
 
@@ -123,7 +123,7 @@ struct Waiter {
 
 /// One connected socket and the queries waiting on it.
 struct Slot {
-    socket: UdpSocket,
+    socket: Datagrams,
     waiting: RefCell<HashMap<u16, Waiter>>,
     /// Queries sent on it so far.
     used: Cell<u32>,
@@ -145,8 +145,7 @@ impl Slot {
         };
         let socket = std::net::UdpSocket::bind(local)?;
         socket.connect(server)?;
-        socket.set_nonblocking(true)?;
-        let socket = UdpSocket::from_std(socket)?;
+        let socket = Datagrams::new(socket)?;
         let slot = Rc::new(Slot {
             socket,
             waiting: RefCell::new(HashMap::new()),
@@ -251,10 +250,9 @@ impl Flush for Slot {
 /// Reads answers until the socket is retired and nobody waits on it.
 async fn receive(slot: Rc<Slot>, server: SocketAddr) {
     let mut batch = RecvBatch::new(MAX_UDP_ANSWER);
-    let fd = slot.socket.as_raw_fd();
     loop {
         tokio::select! {
-            read = slot.socket.async_io(batch::READ, || batch.recv(fd)) => match read {
+            read = slot.socket.recv(&mut batch) => match read {
                 Ok(n) => {
                     let now = Instant::now();
                     // The replies of this batch go out together.
@@ -289,7 +287,7 @@ pub(crate) struct Registration {
 impl Registration {
     /// Sends the query (its id already set to ours) on our socket.
     pub(crate) async fn send(&self, query: &[u8]) -> io::Result<()> {
-        self.slot.socket.send(query).await.map(drop)
+        self.slot.socket.send(query, None).await
     }
 
     /// The id the query must carry.
@@ -420,11 +418,10 @@ impl Pool {
         };
         wire::set_id(query.wire(), id);
         let deferred = outbox::deferring();
-        // Straight to the kernel: tokio's `try_send` refuses until the
-        // reactor has seen the (fresh) socket writable, and a UDP send does
-        // not block anyway (the kernel queues or drops).
+        // Straight to the kernel: a UDP send does not block (the kernel
+        // queues or refuses).
         if !deferred {
-            if let Err(e) = socket2::SockRef::from(&slot.socket).send(query.wire()) {
+            if let Err(e) = socket2::SockRef::from(slot.socket.socket()).send(query.wire()) {
                 return query.complete(Reply::Failed(e.kind()));
             }
         }

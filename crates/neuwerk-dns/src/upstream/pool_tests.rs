@@ -65,7 +65,7 @@ fn sockets_rotate_to_fresh_ports_and_old_ones_close_when_idle() {
         let q = question("a.example.");
         let first = pool.register(&q).unwrap();
         let old = first.slot.clone();
-        let old_port = old.socket.local_addr().unwrap().port();
+        let old_port = old.socket.socket().local_addr().unwrap().port();
         // Wear the socket out; its next turn gets a fresh one.
         old.used.set(ROTATE_AFTER);
         for _ in 1..POOL_SOCKETS * SLOT_RUN {
@@ -73,7 +73,10 @@ fn sockets_rotate_to_fresh_ports_and_old_ones_close_when_idle() {
         }
         let second = pool.register(&q).unwrap();
         assert!(!Rc::ptr_eq(&second.slot, &old));
-        assert_ne!(second.slot.socket.local_addr().unwrap().port(), old_port);
+        assert_ne!(
+            second.slot.socket.socket().local_addr().unwrap().port(),
+            old_port
+        );
         assert!(old.retired.get());
         // The old socket's receive task holds it until its last waiter
         // is gone, then ends and lets it close.
