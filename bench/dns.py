@@ -35,7 +35,7 @@ run: below every one's capacity; per-query figures depend on load, so only one r
   profile   neuwerk (largest rule count) and dnsdist: perf record with DWARF call graphs, top
             self-time symbols, and an SVG flamegraph (inferno) flame-<target>.svg in cfg["out"]
 Each window runs on a freshly started target, so all see the same state (and neuwerk's map walk
-every 30 s, which costs a syscall per grant, never falls into one).
+every 30 s, which copies every grant out, never falls into one).
 
 Names: n<i>.bench.test from a 500k-line query file, so nothing is answered from a cache.
 

@@ -41,7 +41,7 @@ def _profiled(cfg, res) -> bool:
 def per_query_cost(cfg, topo, upstream, qfile, workdir, res, rate) -> dict:
     """CPU and syscalls per answered query of one target at `rate`, and its profile if asked.
     Each window gets a fresh target: the same state for all, and no periodic map walk
-    (neuwerk counts its maps every 30 s, a syscall per grant) inside a window."""
+    (neuwerk counts its maps every 30 s, copying every grant out) inside a window."""
     name, rules = res["target"], res["rules"]
     tw = workdir / (d._slug(name, rules) + "-cost")
     windows = [("cpu", cpu_window), ("syscalls", syscall_window)]

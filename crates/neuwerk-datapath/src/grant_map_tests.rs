@@ -1,8 +1,7 @@
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use aya::maps::Map;
 
 use super::*;
+use crate::scratch;
 
 /// The layout of the `*_ELEM` member of `bpf_attr` in include/uapi/linux/bpf.h.
 #[test]
@@ -61,36 +60,14 @@ fn slots_keep_the_longest_lived_port_sets() {
     }
 }
 
-/// A small hash map with the grant map's key and value sizes, made
-/// directly (no object to load). Needs root (CAP_BPF): without it the test
-/// fails, saying so, rather than passing untried.
+/// A small hash map with the grant map's key and value sizes.
 fn scratch_grant_map() -> GrantMap {
-    scratch_map(1, 0, 8) // BPF_MAP_TYPE_HASH
+    scratch_map(scratch::HASH, 0, 8)
 }
 
 /// A map of `map_type` with the grant map's key and value sizes.
 fn scratch_map(map_type: u32, map_flags: u32, max_entries: u32) -> GrantMap {
-    #[repr(C)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    let mut attr = CreateAttr {
-        map_type,
-        key_size: std::mem::size_of::<abi::GrantKey>() as u32,
-        value_size: std::mem::size_of::<abi::GrantValue>() as u32,
-        max_entries,
-        map_flags,
-    };
-    // SAFETY: BPF_MAP_CREATE (0) with the leading fields of its bpf_attr
-    // member; the kernel zero-fills the rest.
-    let fd = unsafe { crate::sys::bpf(0, &mut attr) }
-        .unwrap_or_else(|e| panic!("cannot create a BPF map (these tests need root): {e}"));
-    // SAFETY: a new fd the kernel just returned, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = scratch::map::<abi::GrantKey, abi::GrantValue>(map_type, map_flags, max_entries);
     let data = MapData::from_fd(fd).unwrap();
     // Wrapped as a hash map whatever its type: GrantMap only needs the
     // sizes aya checks.
@@ -194,7 +171,7 @@ fn a_batch_the_kernel_refuses_whole_is_tried_one_by_one() {
     // A map read-only to userspace: the kernel refuses the batch before
     // any element (as a kernel without batch support would), so no element
     // is to blame and each is written alone, failing with its own error.
-    let grants = scratch_map(1, 1 << 3, 8); // BPF_MAP_TYPE_HASH, BPF_F_RDONLY
+    let grants = scratch_map(scratch::HASH, 1 << 3, 8); // BPF_F_RDONLY
     let keys: Vec<_> = (0..3).map(key).collect();
     let values: Vec<_> = (0..3).map(|i| value(i + 1, 1000)).collect();
     assert_eq!(

@@ -20,6 +20,8 @@ pub mod events;
 mod grant_map;
 pub mod loader;
 pub mod portsets;
+#[cfg(test)]
+mod scratch;
 pub mod stats;
 mod sys;
 

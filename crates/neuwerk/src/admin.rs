@@ -26,8 +26,8 @@ pub struct Node {
     pub reloader: Arc<Reloader>,
     /// Set once the DNS listeners serve.
     pub dns_listening: AtomicBool,
-    /// Tracked connections, counted by a background walk (see run.rs):
-    /// walking the map costs a syscall per entry, too much per scrape.
+    /// Tracked connections, counted in the background (see observe.rs):
+    /// copying the map out is too much per scrape.
     pub conntrack_entries: AtomicU64,
 }
 
