@@ -42,7 +42,7 @@ test: lint test.unit test.integration
 demo: build
 	@scripts/demo.sh
 
-## bench: neuwerk vs plain forwarding, nftables, dnsdist and unbound, in one run (root; ~20 min)
+## bench: neuwerk vs plain forwarding, nftables, dnsdist and unbound, in one run (root; ~30 min)
 bench: build
 	@scripts/bench-deps.sh
 	$(CARGO) build --release --locked -p neuwerk-bench

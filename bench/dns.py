@@ -10,7 +10,14 @@ Targets (each measured with the same synthetic upstream, caches off everywhere):
   dnsdist  dnsdist as a plain forwarder (no packet cache, security polling off)
   unbound  unbound forwarding "." to the upstream (cache-max-ttl 0, tiny caches, no prefetch)
 
-Per target:
+Every target is measured in each of `rounds` rounds (3; --quick: 1), targets interleaved within
+a round and each freshly started, as the packet part does: drift of the shared machine hits every
+target of a round alike, so per-round comparisons (neuwerk / dnsdist qps, P99 over direct) are
+what the summary takes the median of, with the rounds' range. A target's own figures are those
+of its median round (max qps: the round with the median max qps; latency: the round with the
+median P99).
+
+Per target and round:
   max_qps   largest dnsperf -Q rate with loss (lost + non-NOERROR) < 0.1% and the rate achieved,
             found by bracketing around a closed-loop run then bisecting; every trial checks the
             upstream's own query counter (upstream queries per client query, expect 1.0)
@@ -77,7 +84,7 @@ __all__ = [
     "upstream_capacity",
     "_grant_commit", "_hist_delta", "_neuwerk_metrics", "_server_hist",
     "_cost_summary", "_print_summary", "summary",
-    "_error", "_attempt",
+    "_error", "_attempt", "combine_rounds",
 ]
 
 DEFAULTS = {
@@ -90,7 +97,8 @@ DEFAULTS = {
     "dnsperf_clients": 20,  # -c: source ports
     "dnsperf_outstanding": 1000,  # -q
     "dnsperf_timeout": 2,  # -t seconds: later = lost
-    "trial_s": 6,
+    "rounds": 3,
+    "trial_s": 5,
     "search_steps": 7,
     "search_precision": 0.03,
     "loss_max": 0.001,  # < 0.1 %
@@ -120,7 +128,7 @@ DEFAULTS = {
     "partial_out": None,  # rewritten after each target with the results so far
     "topology_prefix": None,
 }
-QUICK = {"trial_s": 2, "search_steps": 4, "latency_s": 3, "search_precision": 0.06,
+QUICK = {"rounds": 1, "trial_s": 2, "search_steps": 4, "latency_s": 3, "search_precision": 0.06,
          "cost_s": 3, "profile_s": 3}
 
 
@@ -157,7 +165,7 @@ def _attempt(fn, *args) -> dict:
         return {"error": _error(e)}
 
 
-def measure_target(cfg, topo, upstream, qfile, workdir, name, rules) -> dict:
+def measure_target(cfg, topo, upstream, qfile, workdir, name, rules, round_no=0) -> dict:
     """Latency at a fixed rate on a fresh server, then the max-qps search; neuwerk's own
     histograms over both."""
     target = Target(name, topo, workdir / _slug(name, rules), rules)
@@ -171,6 +179,7 @@ def measure_target(cfg, topo, upstream, qfile, workdir, name, rules) -> dict:
                    "startup_s": round(time.monotonic() - t_start, 2)}
             m0 = target.metrics()
             res["latency"] = latency(cfg, topo, target, upstream, qfile, workdir)
+            _keep_samples(res["latency"], round_no)
             m1 = target.metrics()
             res["max_qps"] = max_qps(cfg, topo, target, upstream, qfile)
             m2 = target.metrics()
@@ -180,6 +189,39 @@ def measure_target(cfg, topo, upstream, qfile, workdir, name, rules) -> dict:
                 res |= nm
         finally:
             target.stop()
+    return res
+
+
+def _keep_samples(lat, round_no):
+    """Renames the latency samples file after its round, so later rounds do not overwrite it."""
+    src = Path(lat["samples_file"])
+    dst = src.with_name(f"{src.stem}-r{round_no + 1}{src.suffix}")
+    src.replace(dst)
+    lat["samples_file"] = str(dst)
+
+
+def _median_round(rounds, key):
+    """The round whose `key` is the median (the upper middle one of an even count)."""
+    return sorted(rounds, key=key)[len(rounds) // 2]
+
+
+def combine_rounds(rounds) -> dict:
+    """One target's result from its rounds: the median round's figures (see the module doc),
+    with every round's headline figures under "rounds"."""
+    ok = [r for r in rounds if not r.get("error")]
+    if not ok:
+        return rounds[0]
+    res = dict(_median_round(ok, lambda r: r["max_qps"]["qps"]))
+    by_lat = _median_round(ok, lambda r: r["latency"].get("p99_us") or 0)
+    res["latency"] = by_lat["latency"]
+    if "grant_commit" in res:
+        res["grant_commit"] = res["grant_commit"] | {
+            "at_latency_rate": by_lat["grant_commit"]["at_latency_rate"]}
+    res["rounds"] = [{"error": r["error"]} if r.get("error") else {
+        "max_qps": r["max_qps"]["qps"],
+        "p50_us": r["latency"].get("p50_us"),
+        "p99_us": r["latency"].get("p99_us"),
+    } for r in rounds]
     return res
 
 
@@ -220,15 +262,19 @@ def run(cfg=None) -> dict:
         try:
             c.log("upstream capacity (dnsperf inside the upstream namespace)")
             out["upstream_capacity"] = upstream_capacity(cfg, topo, upstream, qfile)
-            for name, rules in _plan(cfg):
-                c.log(f"target {_label(name, rules)}")
-                try:
-                    res = measure_target(cfg, topo, upstream, qfile, workdir, name, rules)
-                except Exception as e:  # noqa: BLE001  (the other targets still get measured)
-                    c.log(f"target {_label(name, rules)} failed: {_error(e)}")
-                    res = {"target": name, "rules": rules, "error": _error(e)}
-                out["targets"].append(res)
-                save_partial()
+            per_target = {key: [] for key in _plan(cfg)}
+            for round_no in range(cfg["rounds"]):
+                for (name, rules), done in per_target.items():
+                    c.log(f"round {round_no + 1}/{cfg['rounds']}: target {_label(name, rules)}")
+                    try:
+                        res = measure_target(cfg, topo, upstream, qfile, workdir, name, rules,
+                                             round_no)
+                    except Exception as e:  # noqa: BLE001  (the other targets still get measured)
+                        c.log(f"target {_label(name, rules)} failed: {_error(e)}")
+                        res = {"target": name, "rules": rules, "error": _error(e)}
+                    done.append(res)
+                    out["targets"] = [combine_rounds(rs) for rs in per_target.values() if rs]
+                    save_partial()
             # Only now, with every max qps and latency measured, the per-query cost.
             if cfg["cost"]:
                 out["cost_rate"] = dns_cost.cost_rate(cfg, out["targets"])
@@ -253,6 +299,7 @@ def main(argv=None):
     ap.add_argument("--no-cost", action="store_true", help="skip syscalls/CPU per query and profiles")
     ap.add_argument("--no-profile", action="store_true", help="skip perf record and flamegraphs")
     ap.add_argument("--no-build", action="store_true", help="use the binaries as built")
+    ap.add_argument("--rounds", type=int, help="rounds of every target (default 3, --quick 1)")
     ap.add_argument("--workdir")
     a = ap.parse_args(argv)
     cfg = {"quick": a.quick, "cost": not a.no_cost, "profile": not a.no_profile,
@@ -265,6 +312,8 @@ def main(argv=None):
         cfg["rules"] = [int(x) for x in a.rules.split(",")]
     if a.workdir:
         cfg["workdir"] = a.workdir
+    if a.rounds:
+        cfg["rounds"] = a.rounds
     out = run(cfg)
     text = json.dumps(out, indent=1, default=str)
     if a.out:

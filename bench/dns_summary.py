@@ -1,6 +1,8 @@
 """What the DNS benchmark (bench/dns.py) reports at a glance: one summary row
 per target (max qps, latency, CPU, grant commit time, per-query cost) for
-results.json and the report, and the lines printed at the end of a run."""
+results.json and the report, and the lines printed at the end of a run.
+neuwerk's rows also carry its per-round comparisons with dnsdist and with the
+direct upstream, each as the median with every round's figure."""
 
 from __future__ import annotations
 
@@ -36,8 +38,42 @@ def summary(out) -> list:
             row["grant_commit_p99_us"] = gc["p99_us"]
         if "cost" in t:
             row["cost"] = _cost_summary(t["cost"])
+        if t.get("rounds"):
+            row["rounds"] = t["rounds"]
         rows.append(row)
+    _compare_rounds(rows)
     return rows
+
+
+def _median(vals):
+    vals = sorted(vals)
+    n = len(vals)
+    return (vals[n // 2] + vals[(n - 1) // 2]) / 2
+
+
+def _per_round(row, other, f) -> dict | None:
+    """{median, runs} of f(row's round, other's same round) over the rounds both measured."""
+    runs = [f(a, b) for a, b in zip(row.get("rounds") or [], other.get("rounds") or [])
+            if not a.get("error") and not b.get("error")]
+    runs = [v for v in runs if v is not None]
+    return {"median": round(_median(runs), 3), "runs": [round(v, 3) for v in runs]} if runs else None
+
+
+def _compare_rounds(rows):
+    """neuwerk's max qps over dnsdist's and its P99 over the direct upstream's, round by round:
+    targets of one round ran back to back, so the machine's drift between rounds cancels."""
+    by = {r["target"]: r for r in rows if not r.get("error")}
+    dnsdist, direct = by.get("dnsdist"), by.get("direct")
+    for name, row in by.items():
+        if not name.startswith("neuwerk"):
+            continue
+        if dnsdist:
+            row["qps_vs_dnsdist"] = _per_round(
+                row, dnsdist, lambda a, b: a["max_qps"] / b["max_qps"] if b["max_qps"] else None)
+        if direct:
+            row["p99_added_us"] = _per_round(
+                row, direct, lambda a, b: a["p99_us"] - b["p99_us"]
+                if a["p99_us"] is not None and b["p99_us"] is not None else None)
 
 
 def _cost_summary(cost) -> dict:

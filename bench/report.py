@@ -103,6 +103,12 @@ def program_cost_lines(pc):
     return out
 
 
+def _runs(v):
+    """Every round's figure of {median, runs}, in brackets ('' for one round or none)."""
+    runs = (v or {}).get("runs") or []
+    return f"(rounds: {', '.join(_fmt(x) for x in runs)})" if len(runs) > 1 else ""
+
+
 def _fmt_runs(v):
     """{median, runs} as 'median (min to max)'."""
     if not isinstance(v, dict) or not v.get("runs"):
@@ -113,7 +119,9 @@ def _fmt_runs(v):
 def dns_section(d):
     out = ["## DNS path", "",
            "Max queries per second with loss < 0.1% (dnsperf, unique names, upstream saw one query per query sent), "
-           "and latency at a fixed moderate rate. CPU is each process's share of one core; all share two cores.", "",
+           "and latency at a fixed moderate rate. CPU is each process's share of one core; all share two cores. "
+           f"Every target ran in each of {(d.get('config') or {}).get('rounds', 1)} rounds, interleaved, each "
+           "freshly started; a target's figures are those of its median round, with every round's in brackets.", "",
            "| target | max qps (<0.1% loss) | upstream queries / query | P50 µs | P99 µs | CPU at max qps |",
            "| --- | ---: | ---: | ---: | ---: | --- |"]
     for t in d.get("summary", []):
@@ -121,8 +129,8 @@ def dns_section(d):
             out.append(f"| {t['target']} | **failed**: {_cell(t['error'])} | | | | |")
             continue
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in (t.get("cpu_at_max_pct") or {}).items())
-        out.append(f"| {t['target']} | {_fmt(t.get('max_qps'))} | {_fmt(t.get('upstream_per_query'))} | "
-                   f"{_fmt(t.get('p50_us'))} | {_fmt(t.get('p99_us'))} | {cpu} |")
+        out.append(f"| {t['target']} | {_with_rounds(t, 'max_qps')} | {_fmt(t.get('upstream_per_query'))} | "
+                   f"{_with_rounds(t, 'p50_us')} | {_with_rounds(t, 'p99_us')} | {cpu} |")
     out += cost_section(d)
     gc = [t for t in d.get("summary", []) if t.get("grant_commit_p99_us")]
     if gc:
@@ -133,6 +141,13 @@ def dns_section(d):
             out.append(f"- {t['target']}: P50 in ({p50.get('lower')}, {p50.get('le')}] µs, "
                        f"P99 in ({p99.get('lower')}, {p99.get('le')}] µs")
     return out
+
+
+def _with_rounds(t, key):
+    """A target's figure, and every round's in brackets when there were several."""
+    runs = [r.get(key) for r in t.get("rounds") or [] if not r.get("error")]
+    text = _fmt(t.get(key))
+    return text if len(runs) < 2 else f"{text} ({', '.join(_fmt(v) for v in runs)})"
 
 
 def _cell(text, n=300):
@@ -255,12 +270,21 @@ def targets_section(s, d):
         if not name.startswith("neuwerk"):
             continue
         q = t.get("max_qps") or 0
-        if dd:
+        vs = t.get("qps_vs_dnsdist")
+        if vs:
+            ratio = vs["median"]
+            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {ratio:.2f} × dnsdist, median of per-round ratios "
+                        f"{_runs(vs)} ({_fmt(q)} vs {_fmt(dd)} in the median rounds) | "
+                        f"{_missed(ratio < 1 and f'{ratio:.2f} × dnsdist')} |")
+        elif dd:
             rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(q)} vs {_fmt(dd)} | "
                         f"{_missed(q < dd and f'{q / dd:.2f} × dnsdist, {dd - q:,} qps short')} |")
-        if direct.get("p99_us") and t.get("p99_us"):
+        added = (t.get("p99_added_us") or {}).get("median")
+        if added is None and direct.get("p99_us") and t.get("p99_us"):
             added = t["p99_us"] - direct["p99_us"]
-            rows.append(f"| DNS P99 added < 200 µs ({name}) | {_fmt(added)} µs | "
+        if added is not None:
+            runs = _runs(t.get("p99_added_us"))
+            rows.append(f"| DNS P99 added < 200 µs ({name}) | {_fmt(added)} µs {runs} | "
                         f"{_missed(added >= 200 and f'{added - 200:,.0f} µs over ({added / 200:.1f} × the budget)')} |")
         gc = t.get("grant_commit_p99_us")
         if gc:
