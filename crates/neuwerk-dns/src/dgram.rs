@@ -60,10 +60,16 @@ impl Datagrams {
         }
     }
 
-    /// Sends one datagram (`to` is `None` on a connected socket); if the
-    /// send buffer is full, waits for room first.
+    /// Sends one datagram now (`to` is `None` on a connected socket): a
+    /// UDP send does not block, the kernel queues it or refuses.
+    pub(crate) fn try_send(&self, buf: &[u8], to: Option<&SockAddr>) -> io::Result<()> {
+        send_now(self.socket(), buf, to)
+    }
+
+    /// [`Datagrams::try_send`], waiting for room first if the send buffer
+    /// is full.
     pub(crate) async fn send(&self, buf: &[u8], to: Option<&SockAddr>) -> io::Result<()> {
-        match send_now(self.socket(), buf, to) {
+        match self.try_send(buf, to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return done,
         }

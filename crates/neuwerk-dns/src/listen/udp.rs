@@ -183,7 +183,7 @@ impl Listener {
             queue.push((reply, to));
             return;
         }
-        if let Err(e) = socket2::SockRef::from(self.socket.socket()).send_to(&reply, &to) {
+        if let Err(e) = self.socket.try_send(&reply, Some(&to)) {
             self.unsent(reply, peer, e);
         }
     }

@@ -418,10 +418,8 @@ impl Pool {
         };
         wire::set_id(query.wire(), id);
         let deferred = outbox::deferring();
-        // Straight to the kernel: a UDP send does not block (the kernel
-        // queues or refuses).
         if !deferred {
-            if let Err(e) = socket2::SockRef::from(slot.socket.socket()).send(query.wire()) {
+            if let Err(e) = slot.socket.try_send(query.wire(), None) {
                 return query.complete(Reply::Failed(e.kind()));
             }
         }
