@@ -308,6 +308,9 @@ def errors(results):
     for t in (results.get("dns") or {}).get("summary", []) or []:
         if t.get("error"):
             found.append((f"dns {t['target']}", t["error"]))
+        for i, r in enumerate(t.get("rounds") or []):
+            if r.get("error"):
+                found.append((f"dns {t['target']} round {i + 1}", r["error"]))
         for k, v in ((t.get("cost") or {}).get("errors") or {}).items():
             found.append((f"dns {t['target']} {k}", v))
     return found
