@@ -4,16 +4,22 @@
 //! revocation on reload.
 //!
 //! Time is passed in, never read here, so expiry is tested without sleeping.
-//! The deadline index follows mini-redis's db.rs: an ordered set of
-//! (deadline, key) that a purge walks from the front.
+//! Deadlines are kept lazily: each held grant has one entry in a min-heap,
+//! at or before its deadline. Learning a later deadline for a held name
+//! (the usual refresh) touches only the grant; the purge that pops the
+//! entry early moves it to the deadline then. An ordered set of deadlines
+//! (mini-redis's db.rs) cost two tree walks and node allocations per
+//! refresh, under the lock every DNS answer takes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
 
 use super::{Grant, GrantBackend, GrantEntry, GrantError, GrantSink};
 use crate::policy::PortSet;
@@ -24,13 +30,20 @@ pub struct HeldGrant {
     pub hostname: Arc<str>,
     pub ports: PortSet,
     pub expires_ns: u64,
+    /// When its live entry in [`Inner::due`] comes up (at or before
+    /// `expires_ns`); an entry at any other time is stale.
+    due_ns: u64,
 }
 
 type Key = (Arc<str>, IpAddr);
 
-/// Grants expired per hold of the lock. Their map entries go in one batch
-/// deletion (about 0.3 µs each in the kernel), so a learner waits behind
-/// at most about 20 µs.
+/// The grants of one key: one name almost always, so held inline.
+type HeldList = SmallVec<[HeldGrant; 1]>;
+
+/// Deadline entries popped per hold of the lock (each expires a grant,
+/// moves one to its later deadline, or drops a stale entry). Expired map
+/// entries go in one batch deletion (about 0.3 µs each in the kernel), so
+/// a learner waits behind at most about 20 µs.
 const EXPIRE_BATCH: usize = 64;
 
 /// Addresses re-judged per hold of the lock on a reload. A judgement is a
@@ -52,10 +65,42 @@ const INLINE_ENTRIES: usize = 4;
 struct Inner {
     /// Addresses come from DNS answers: a fast hasher, but seeded, so that
     /// outsiders cannot pick colliding keys.
-    held: HashMap<Key, Vec<HeldGrant>, RandomState>,
-    /// (deadline, network, address, hostname) of every held grant.
-    deadlines: BTreeSet<(u64, Arc<str>, IpAddr, Arc<str>)>,
+    held: HashMap<Key, HeldList, RandomState>,
+    /// One live entry per held grant, at its `due_ns`, soonest first; plus
+    /// stale ones (of grants revoked since) until they come up.
+    due: BinaryHeap<Due>,
+    /// Held grants.
+    count: usize,
 }
+
+/// A grant's place in the deadline heap.
+struct Due {
+    at_ns: u64,
+    network: Arc<str>,
+    addr: IpAddr,
+    hostname: Arc<str>,
+}
+
+/// Ordered by time alone, soonest greatest: `BinaryHeap` is a max-heap.
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at_ns.cmp(&self.at_ns)
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at_ns == other.at_ns
+    }
+}
+
+impl Eq for Due {}
 
 /// Learned grants in memory, mirrored into a [`GrantBackend`].
 pub struct GrantStore<B> {
@@ -142,41 +187,28 @@ impl<B: GrantBackend> GrantStore<B> {
     /// milliseconds).
     pub fn expire(&self, now_ns: u64) -> Vec<Grant> {
         let mut out = Vec::new();
-        while self.expire_batch(now_ns, &mut out) == EXPIRE_BATCH {}
+        while self.expire_batch(now_ns, &mut out) {}
         out
     }
 
-    /// Expires at most [`EXPIRE_BATCH`] grants into `out`; returns how many.
-    fn expire_batch(&self, now_ns: u64, out: &mut Vec<Grant>) -> usize {
+    /// Pops at most [`EXPIRE_BATCH`] due entries, expiring their grants
+    /// into `out`; whether more may be due.
+    fn expire_batch(&self, now_ns: u64, out: &mut Vec<Grant>) -> bool {
         let mut inner = self.lock();
         let mut touched: Vec<Key> = Vec::with_capacity(EXPIRE_BATCH);
-        let mut expired = 0;
-        while expired < EXPIRE_BATCH {
-            if inner.deadlines.first().is_none_or(|d| d.0 > now_ns) {
+        let mut popped = 0;
+        while popped < EXPIRE_BATCH {
+            if inner.due.peek().is_none_or(|d| d.at_ns > now_ns) {
                 break;
             }
-            let Some((expires_ns, network, addr, hostname)) = inner.deadlines.pop_first() else {
-                break;
-            };
-            expired += 1;
-            let key = (network.clone(), addr);
-            if let Some(list) = inner.held.get_mut(&key) {
-                if let Some(pos) = list.iter().position(|h| h.hostname == hostname) {
-                    let h = list.swap_remove(pos);
-                    out.push(Grant {
-                        network,
-                        addr,
-                        hostname,
-                        ports: h.ports,
-                        expires_ns,
-                    });
+            let Some(due) = inner.due.pop() else { break };
+            popped += 1;
+            if let Some(grant) = inner.settle(due, now_ns) {
+                let key = (grant.network.clone(), grant.addr);
+                if !touched.contains(&key) {
+                    touched.push(key);
                 }
-                if list.is_empty() {
-                    inner.held.remove(&key);
-                }
-            }
-            if !touched.contains(&key) {
-                touched.push(key);
+                out.push(grant);
             }
         }
         // Addresses left without grants go in one batch; the rest are
@@ -196,7 +228,7 @@ impl<B: GrantBackend> GrantStore<B> {
         }
         // A learner waiting meanwhile gets the lock before the next batch.
         MutexGuard::unlock_fair(inner);
-        expired
+        popped == EXPIRE_BATCH
     }
 
     /// Re-judges every grant: `judge(network, hostname)` gives the ports it
@@ -231,7 +263,7 @@ impl<B: GrantBackend> GrantStore<B> {
     ) {
         let mut inner = self.lock();
         let mut changed: Vec<&Key> = Vec::new();
-        let Inner { held, deadlines } = &mut *inner;
+        let Inner { held, count, .. } = &mut *inner;
         for key in keys {
             let Some(list) = held.get_mut(key) else {
                 continue; // expired or revoked since the snapshot
@@ -245,7 +277,8 @@ impl<B: GrantBackend> GrantStore<B> {
                     true
                 }
                 None => {
-                    deadlines.remove(&(h.expires_ns, key.0.clone(), key.1, h.hostname.clone()));
+                    // Its deadline entry goes stale, dropped when it comes up.
+                    *count -= 1;
                     revoked.push(Grant {
                         network: key.0.clone(),
                         addr: key.1,
@@ -259,7 +292,7 @@ impl<B: GrantBackend> GrantStore<B> {
             if list.is_empty() {
                 held.remove(key);
             }
-            if ports_changed || held.get(key).map_or(0, Vec::len) != before {
+            if ports_changed || held.get(key).map_or(0, |l| l.len()) != before {
                 changed.push(key);
             }
         }
@@ -323,7 +356,7 @@ impl<B: GrantBackend> GrantStore<B> {
 
     /// Number of held grants.
     pub fn len(&self) -> usize {
-        self.lock().deadlines.len()
+        self.lock().count
     }
 
     /// Whether nothing is held.
@@ -336,34 +369,62 @@ impl Inner {
     /// Records one grant: a new name on its key, or a later deadline or
     /// other ports for a name already held.
     fn record(&mut self, g: &Grant) {
-        let Inner { held, deadlines } = self;
-        let list = held.entry((g.network.clone(), g.addr)).or_default();
+        let list = self.held.entry((g.network.clone(), g.addr)).or_default();
         match list.iter_mut().find(|h| h.hostname == g.hostname) {
             Some(h) => {
-                // Compared first: an unchanged set (the usual case) is not
-                // reallocated.
                 if h.ports != g.ports {
                     h.ports = g.ports.clone();
                 }
-                if g.expires_ns > h.expires_ns {
-                    // One tuple serves to find the old deadline and, moved,
-                    // as the new one.
-                    let mut d = (h.expires_ns, g.network.clone(), g.addr, h.hostname.clone());
-                    deadlines.remove(&d);
-                    d.0 = g.expires_ns;
-                    deadlines.insert(d);
-                    h.expires_ns = g.expires_ns;
-                }
+                // Its deadline entry stays where it is, and is moved when
+                // it comes up.
+                h.expires_ns = h.expires_ns.max(g.expires_ns);
             }
             None => {
                 list.push(HeldGrant {
                     hostname: g.hostname.clone(),
                     ports: g.ports.clone(),
                     expires_ns: g.expires_ns,
+                    due_ns: g.expires_ns,
                 });
-                deadlines.insert((g.expires_ns, g.network.clone(), g.addr, g.hostname.clone()));
+                self.count += 1;
+                self.due.push(Due {
+                    at_ns: g.expires_ns,
+                    network: g.network.clone(),
+                    addr: g.addr,
+                    hostname: g.hostname.clone(),
+                });
             }
         }
+    }
+
+    /// Handles a deadline entry that came up at `now_ns`: the grant it
+    /// expires, if any. A grant whose deadline has moved on gets its entry
+    /// back at that deadline; a stale entry is dropped.
+    fn settle(&mut self, mut due: Due, now_ns: u64) -> Option<Grant> {
+        let key = (due.network.clone(), due.addr);
+        let list = self.held.get_mut(&key)?;
+        let pos = list
+            .iter()
+            .position(|h| h.hostname == due.hostname && h.due_ns == due.at_ns)?;
+        let h = &mut list[pos];
+        if h.expires_ns > now_ns {
+            h.due_ns = h.expires_ns;
+            due.at_ns = h.expires_ns;
+            self.due.push(due);
+            return None;
+        }
+        let h = list.swap_remove(pos);
+        if list.is_empty() {
+            self.held.remove(&key);
+        }
+        self.count -= 1;
+        Some(Grant {
+            network: due.network,
+            addr: due.addr,
+            hostname: due.hostname,
+            ports: h.ports,
+            expires_ns: h.expires_ns,
+        })
     }
 }
 

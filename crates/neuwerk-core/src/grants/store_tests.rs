@@ -166,6 +166,96 @@ fn expire_takes_every_due_grant_across_batches() {
 }
 
 #[test]
+fn a_refreshed_grant_outlives_its_first_deadline_and_expires_at_its_last() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 100)])
+        .unwrap();
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 200)])
+        .unwrap();
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 300)])
+        .unwrap();
+    // Its first deadline comes up: it is still held, and written as it was.
+    assert!(s.expire(150).is_empty());
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1").unwrap(),
+        vec![(ports(443), 300)]
+    );
+    assert!(s.expire(299).is_empty());
+    let gone = s.expire(300);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].expires_ns, 300);
+    assert!(backend_entries(&s, "192.0.2.1").is_none());
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_revoked_grant_learned_again_keeps_its_new_deadline() {
+    let s = GrantStore::new(Recorder::default());
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 100)])
+        .unwrap();
+    assert_eq!(s.retain(|_, _| None).len(), 1);
+    assert!(s.is_empty());
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 500)])
+        .unwrap();
+    // The first grant's deadline comes up: it must not take the new one,
+    // and its entry is dropped, not moved (or every revocation would leave
+    // a duplicate for as long as the name is refreshed).
+    assert!(s.expire(100).is_empty());
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.lock().due.len(), 1);
+    assert!(backend_entries(&s, "192.0.2.1").is_some());
+    // Revoked and learned again at the same deadline: expired once.
+    assert_eq!(s.retain(|_, _| None).len(), 1);
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 500)])
+        .unwrap();
+    assert_eq!(s.expire(500).len(), 1);
+    assert!(s.is_empty());
+    assert!(s.expire(u64::MAX).is_empty());
+}
+
+#[test]
+fn moving_deadlines_counts_toward_a_batch_and_every_due_grant_still_goes() {
+    let s = GrantStore::new(Recorder::default());
+    // Refreshed grants whose first deadlines come up before the due ones.
+    let n = 2 * EXPIRE_BATCH + 3;
+    let refreshed: Vec<Grant> = (0..n)
+        .map(|i| {
+            grant(
+                "r.example",
+                &format!("10.1.{}.{}", i / 256, i % 256),
+                443,
+                10,
+            )
+        })
+        .collect();
+    s.learn(&refreshed).unwrap();
+    let later: Vec<Grant> = refreshed
+        .iter()
+        .map(|g| Grant {
+            expires_ns: 1000,
+            ..g.clone()
+        })
+        .collect();
+    s.learn(&later).unwrap();
+    let due: Vec<Grant> = (0..n)
+        .map(|i| {
+            grant(
+                "d.example",
+                &format!("10.2.{}.{}", i / 256, i % 256),
+                443,
+                20,
+            )
+        })
+        .collect();
+    s.learn(&due).unwrap();
+    assert_eq!(s.expire(20).len(), n);
+    assert_eq!(s.len(), n);
+    assert_eq!(s.expire(1000).len(), n);
+    assert!(s.is_empty());
+}
+
+#[test]
 fn retain_revokes_and_rewrites_changed_ports() {
     let s = GrantStore::new(Recorder::default());
     s.learn(&[

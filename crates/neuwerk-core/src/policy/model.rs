@@ -34,20 +34,23 @@ impl PortRange {
 }
 
 /// A sorted, de-duplicated set of port ranges. Empty means nothing is allowed.
+///
+/// Shared, not owned: every grant carries its rule's set, and the DNS path
+/// clones it per learned address (a reference count, not an allocation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortSet(Vec<PortRange>);
+pub struct PortSet(Arc<[PortRange]>);
 
 impl PortSet {
     /// Builds a set; sorts and removes duplicates so equal sets compare equal.
     pub fn new(mut ranges: Vec<PortRange>) -> Self {
         ranges.sort_unstable();
         ranges.dedup();
-        PortSet(ranges)
+        PortSet(ranges.into())
     }
 
     /// The set that allows everything (ports omitted in the policy).
     pub fn all() -> Self {
-        PortSet(vec![PortRange::ALL])
+        PortSet(Arc::new([PortRange::ALL]))
     }
 
     /// The ranges, sorted.
@@ -57,7 +60,7 @@ impl PortSet {
 
     /// The union of two sets.
     pub fn union(&self, other: &PortSet) -> PortSet {
-        let mut v = self.0.clone();
+        let mut v = self.0.to_vec();
         v.extend_from_slice(&other.0);
         PortSet::new(v)
     }
