@@ -394,7 +394,7 @@ impl Collector for ScrapeCollector {
 
         let mut e = encoder.encode_descriptor(
             "neuwerk_grants_active",
-            "Grants not yet expired, by network",
+            "Grants held, by network (one past its deadline until the next expiry sweep)",
             None,
             MetricType::Gauge,
         )?;

@@ -360,16 +360,41 @@ fn a_learner_gets_in_between_the_batches_of_a_reload() {
 }
 
 #[test]
-fn counts_live_grants_per_network() {
+fn counts_held_grants_per_network_as_they_come_and_go() {
     let s = GrantStore::new(Recorder::default());
+    let lab = |host: &str, addr: &str, expires_ns| Grant {
+        network: "lab".into(),
+        ..grant(host, addr, 443, expires_ns)
+    };
     s.learn(&[
         grant("a.example", "192.0.2.1", 443, 100),
         grant("b.example", "192.0.2.1", 80, 300),
+        lab("a.example", "192.0.2.1", 300),
     ])
     .unwrap();
-    assert_eq!(s.count_by_network(50), vec![(Arc::from("clients"), 2)]);
-    assert_eq!(s.count_by_network(200), vec![(Arc::from("clients"), 1)]);
-    assert!(s.count_by_network(300).is_empty());
+    // Learned again: still one grant.
+    s.learn(&[grant("a.example", "192.0.2.1", 443, 150)])
+        .unwrap();
+    let counts = |s: &GrantStore<Recorder>| -> Vec<(String, u64)> {
+        s.count_by_network()
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect()
+    };
+    assert_eq!(counts(&s), [("clients".into(), 2), ("lab".into(), 1)]);
+    assert_eq!(s.len(), 3);
+    // Past its deadline, a grant counts until the sweep takes it.
+    assert!(s.expire(100).is_empty());
+    assert_eq!(s.expire(200).len(), 1);
+    assert_eq!(counts(&s), [("clients".into(), 1), ("lab".into(), 1)]);
+    assert_eq!(
+        s.retain(|n, _| (n == "clients").then(|| ports(80))).len(),
+        1
+    );
+    assert_eq!(counts(&s), [("clients".into(), 1)]);
+    assert_eq!(s.expire(300).len(), 1);
+    assert!(counts(&s).is_empty());
+    assert!(s.is_empty());
 }
 
 fn writes(s: &GrantStore<Recorder>) -> usize {
