@@ -79,6 +79,20 @@ fn backend_entries(s: &GrantStore<Recorder>, addr: &str) -> Option<Vec<(PortSet,
         .cloned()
 }
 
+/// `n` grants of `host`, one per address of 10.`net`.0.0/16, due at `expires_ns`.
+fn grants_in(net: u8, host: &str, n: usize, expires_ns: u64) -> Vec<Grant> {
+    (0..n)
+        .map(|i| {
+            grant(
+                host,
+                &format!("10.{net}.{}.{}", i / 256, i % 256),
+                443,
+                expires_ns,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn learn_writes_backend_and_keeps_the_later_deadline() {
     let s = GrantStore::new(Recorder::default());
@@ -142,16 +156,7 @@ fn expire_takes_every_due_grant_across_batches() {
     let s = GrantStore::new(Recorder::default());
     // Three full batches and a part one, all due; one more that is not.
     let due = 3 * EXPIRE_BATCH + 5;
-    let grants: Vec<Grant> = (0..due)
-        .map(|i| {
-            grant(
-                "a.example",
-                &format!("10.0.{}.{}", i / 256, i % 256),
-                443,
-                100,
-            )
-        })
-        .collect();
+    let grants = grants_in(0, "a.example", due, 100);
     s.learn(&grants).unwrap();
     s.learn(&[grant("b.example", "192.0.2.9", 443, 500)])
         .unwrap();
@@ -168,12 +173,10 @@ fn expire_takes_every_due_grant_across_batches() {
 #[test]
 fn a_refreshed_grant_outlives_its_first_deadline_and_expires_at_its_last() {
     let s = GrantStore::new(Recorder::default());
-    s.learn(&[grant("a.example", "192.0.2.1", 443, 100)])
-        .unwrap();
-    s.learn(&[grant("a.example", "192.0.2.1", 443, 200)])
-        .unwrap();
-    s.learn(&[grant("a.example", "192.0.2.1", 443, 300)])
-        .unwrap();
+    for expires_ns in [100, 200, 300] {
+        s.learn(&[grant("a.example", "192.0.2.1", 443, expires_ns)])
+            .unwrap();
+    }
     // Its first deadline comes up: it is still held, and written as it was.
     assert!(s.expire(150).is_empty());
     assert_eq!(s.len(), 1);
@@ -219,16 +222,7 @@ fn moving_deadlines_counts_toward_a_batch_and_every_due_grant_still_goes() {
     let s = GrantStore::new(Recorder::default());
     // Refreshed grants whose first deadlines come up before the due ones.
     let n = 2 * EXPIRE_BATCH + 3;
-    let refreshed: Vec<Grant> = (0..n)
-        .map(|i| {
-            grant(
-                "r.example",
-                &format!("10.1.{}.{}", i / 256, i % 256),
-                443,
-                10,
-            )
-        })
-        .collect();
+    let refreshed = grants_in(1, "r.example", n, 10);
     s.learn(&refreshed).unwrap();
     let later: Vec<Grant> = refreshed
         .iter()
@@ -238,16 +232,7 @@ fn moving_deadlines_counts_toward_a_batch_and_every_due_grant_still_goes() {
         })
         .collect();
     s.learn(&later).unwrap();
-    let due: Vec<Grant> = (0..n)
-        .map(|i| {
-            grant(
-                "d.example",
-                &format!("10.2.{}.{}", i / 256, i % 256),
-                443,
-                20,
-            )
-        })
-        .collect();
+    let due = grants_in(2, "d.example", n, 20);
     s.learn(&due).unwrap();
     assert_eq!(s.expire(20).len(), n);
     assert_eq!(s.len(), n);
