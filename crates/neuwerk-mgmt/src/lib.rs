@@ -51,7 +51,8 @@ pub trait Admin: Send + Sync + 'static {
     fn grants(&self) -> Vec<Grant>;
 
     /// Live grants per network at `now_ns` (CLOCK_MONOTONIC), sorted by
-    /// network. The default counts [`Admin::grants`].
+    /// network. The default counts [`Admin::grants`]; an implementation may
+    /// keep counts instead, late by at most its expiry sweep.
     fn grants_active(&self, now_ns: u64) -> Vec<GrantCount> {
         let mut per: BTreeMap<String, u64> = BTreeMap::new();
         for g in self.grants().iter().filter(|g| g.expires_ns > now_ns) {

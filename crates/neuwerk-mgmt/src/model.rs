@@ -292,7 +292,8 @@ pub struct DnsCount {
 pub struct GrantCount {
     /// The network.
     pub network: String,
-    /// Grants not yet expired.
+    /// Grants not yet expired (the daemon counts one past its deadline
+    /// until its next expiry sweep, at most half a second later).
     pub count: u64,
 }
 
