@@ -368,7 +368,8 @@ fn counts_held_grants_per_network_as_they_come_and_go() {
     };
     assert_eq!(counts(&s), [("clients".into(), 2), ("lab".into(), 1)]);
     assert_eq!(s.len(), 3);
-    // Past its deadline, a grant counts until the sweep takes it.
+    // A grant leaves the counts when the sweep takes it, and a refreshed
+    // one not at its first deadline.
     assert!(s.expire(100).is_empty());
     assert_eq!(s.expire(200).len(), 1);
     assert_eq!(counts(&s), [("clients".into(), 1), ("lab".into(), 1)]);
