@@ -339,12 +339,14 @@ def _cdf(ax, path, label):
 
 
 def plots(results, out):
+    """The PNG plots written into `out` (file names), or why none could be."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        return ["(matplotlib missing: no plots)"]
+    except ImportError as e:
+        # Said in the report (with why), not drawn as a broken image link.
+        return f"no plots: matplotlib could not be imported ({e})"
     made = []
     p = results.get("packet") or {}
     # A part that did not run (--only) or failed gets no empty plots.
@@ -405,6 +407,7 @@ def write(results, out):
     if prof:
         lines += prof + [""]
     made = plots(results, out)
-    lines += ["## Plots", ""] + [f"![{m}]({m})" for m in made] + [""]
+    shown = [made] if isinstance(made, str) else [f"![{m}]({m})" for m in made]
+    lines += ["## Plots", ""] + shown + [""]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines))
