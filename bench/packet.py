@@ -6,7 +6,10 @@ measures, side by side:
   baseline   plain kernel forwarding, no filter;
   neuwerk    neuwerk enforcing, with 1,000 static rules and N (100,000)
              grants learned through real DNS (nw-synth-dns upstream);
-  nftables   the same allow-list in nftables, conntrack-based (bench/nft.py).
+  nftables   the same allow-list in nftables, conntrack-based (bench/nft.py);
+  tc_empty   an empty program on the hook neuwerk's client side uses (TCX
+             ingress of the client-facing interface): what any TC filter
+             costs before doing anything (rates only).
 
 Per configuration: TCP throughput (iperf3, 1 and 4 streams), 64-byte UDP
 packet rate (iperf3, packets received per second), UDP request/response
@@ -38,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 import nft  # noqa: E402
+import progcost  # noqa: E402
+import tcx  # noqa: E402
 
 # The benchmark is split by concern into packet_*.py; what moved there is
 # re-exported here (__all__), so `packet.X` keeps working for every importer.
@@ -59,6 +64,11 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- measurement
+
+
+# The hook's own cost shows in the rates; its latency share is below what
+# sockperf resolves here, so the reference configuration skips the rest.
+TC_EMPTY_FIGURES = ("tcp_1", "tcp_4", "udp_64")
 
 
 class Bench(NeuwerkSteps):
@@ -279,8 +289,9 @@ class Bench(NeuwerkSteps):
             "cpu": cpu,
         }
 
-    def suite(self, tag):
-        """Every per-configuration figure; `tag` names the raw files."""
+    def suite(self, tag, only=None):
+        """Every per-configuration figure (or those in `only`); `tag` names
+        the raw files."""
         r = {}
         for key, what, fn in (
             ("tcp_1", "TCP 1 stream", lambda: self.tcp(1)),
@@ -290,11 +301,15 @@ class Bench(NeuwerkSteps):
             ("latency_busy", "latency, busy-polling", lambda: self.latency(f"{tag}-busy", busy=True)),
             ("conns", "new TCP connections", self.conns),
         ):
-            log(f"{tag}: {what}")
-            r[key] = fn()
-        log(f"{tag}: tcp1 {r['tcp_1']['gbit_s']} Gb/s, tcp4 {r['tcp_4']['gbit_s']} Gb/s, "
-            f"udp {r['udp_64']['pps_received']} pps, busy p50/p99 {r['latency_busy']['rtt_us']['p50']}/"
-            f"{r['latency_busy']['rtt_us']['p99']} us, {r['conns']['conns_per_s']} conn/s")
+            if only is None or key in only:
+                log(f"{tag}: {what}")
+                r[key] = fn()
+        log(f"{tag}: " + ", ".join(f"{k} {v}" for k, v in (
+            ("tcp1 Gb/s", dig(r, ("tcp_1", "gbit_s"))), ("tcp4 Gb/s", dig(r, ("tcp_4", "gbit_s"))),
+            ("udp pps", dig(r, ("udp_64", "pps_received"))),
+            ("busy p50/p99 us", r.get("latency_busy") and "{}/{}".format(
+                r["latency_busy"]["rtt_us"]["p50"], r["latency_busy"]["rtt_us"]["p99"])),
+            ("conn/s", dig(r, ("conns", "conns_per_s")))) if v is not None))
         return r
 
     # ---- configurations: each is set up, measured (suite) and torn down once per round
@@ -326,6 +341,20 @@ class Bench(NeuwerkSteps):
         C.ns_run(self.topo.fw, ["nft", "delete", "table", "inet", nft.TABLE], check=False)
         return {"conntrack_entries_at_end": int(st.stdout.strip() or 0)}
 
+    def setup_tc_empty(self):
+        """An empty program at TCX ingress of the client-facing interface,
+        where neuwerk's client-side program sits: the cost of the hook
+        itself, which any TC filter pays, beside what neuwerk adds to it."""
+        _, pin = progcost.empty_program(self.work)
+        self.empty_link = (tcx.attach_ingress(pin, self.topo.fw, "nwi0"), pin)
+        return {"program": "empty classifier (returns TC_ACT_OK)", "hook": "tcx ingress nwi0"}
+
+    def teardown_tc_empty(self):
+        fd, pin = self.empty_link
+        os.close(fd)  # detaches: the link is not pinned
+        Path(pin).unlink(missing_ok=True)
+        return {}
+
     # ---- the run
 
     def run(self, with_flowtable=None):
@@ -333,7 +362,7 @@ class Bench(NeuwerkSteps):
         C.ensure_built("neuwerk-bench", ["nw-synth-dns"])
         C.ensure_built("neuwerk", ["neuwerk"])
         t_start = time.monotonic()
-        configs = ["baseline", "neuwerk", "nftables"]
+        configs = ["baseline", "neuwerk", "nftables", "tc_empty"]
         notes = []
         res = {"quick": self.quick, "secs_per_figure": self.secs, "rounds": self.rounds,
                "hostname_rules": self.n_hosts, "static_rules": self.n_static, "configs": {},
@@ -366,13 +395,17 @@ class Bench(NeuwerkSteps):
                                 setup = self.setup_neuwerk(rnd)
                             elif c.startswith("nftables"):
                                 setup = self.setup_nftables(flowtable=c.endswith("flowtable"))
+                            elif c == "tc_empty":
+                                setup = self.setup_tc_empty()
                             try:
-                                figures = self.suite(f"{c}-r{rnd}")
+                                figures = self.suite(f"{c}-r{rnd}", TC_EMPTY_FIGURES if c == "tc_empty" else None)
                             finally:
                                 if c == "neuwerk":
                                     teardown = self.teardown_neuwerk(rnd)
                                 elif c.startswith("nftables"):
                                     teardown = self.teardown_nftables()
+                                elif c == "tc_empty":
+                                    teardown = self.teardown_tc_empty()
                         per_round[c].append({"setup": setup, "teardown": teardown} | figures)
                 if not self.skip_memory:
                     log(f"memory with {self.mem_grants} grants")

@@ -37,6 +37,15 @@ def _median_range(summary, key, cfg):
     return f"{_fmt(r.get('median'))} ({_fmt(min(runs))} to {_fmt(max(runs))})"
 
 
+def _hook_floor(s):
+    """The empty TC program's rates against the baseline, as text ("" if not measured)."""
+    parts = [f"{what} {_median_range(s, key + '_ratio', 'tc_empty')}"
+             for what, key in (("TCP 1 stream", "tcp_1_gbit_s"), ("4 streams", "tcp_4_gbit_s"),
+                               ("UDP 64-byte pps", "udp_64_pps"))
+             if _median(s, key + "_ratio", "tc_empty") is not None]
+    return ", ".join(parts)
+
+
 def packet_section(p):
     s = p.get("summary", {})
     rows = [
@@ -57,6 +66,11 @@ def packet_section(p):
         vals = [s.get(key, {}).get(c) for c in CONFIGS]
         out.append(f"| {title} | " + " | ".join(_fmt(v, unit) for v in vals) + " | "
                    + " | ".join(_median_range(s, key + "_ratio", c) for c in ("neuwerk", "nftables")) + " |")
+    floor = _hook_floor(s)
+    if floor:
+        out += ["", "An empty program on the hook neuwerk's client side uses (TCX ingress of the "
+                "client-facing interface), measured in the same rounds, shows what any TC filter costs here "
+                f"before it does anything: {floor} of plain forwarding."]
     out += ["", "Request/response latency (sockperf ping-pong), µs:", "",
             "| mode | percentile | baseline | neuwerk | nftables | neuwerk added | nftables added |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -224,8 +238,10 @@ def _missed(*why):
     return "**missed**: " + "; ".join(why) if why else "met"
 
 
-def _throughput_row(title, n, f, spread):
+def _throughput_row(title, n, f, spread, floor=None):
     noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
+    if floor is not None:
+        noise += f"; an empty TC program on the same hook: {floor}"
     verdict = _missed(n < 0.95 and f"{0.95 - n:.3f} short of 0.95",
                       f is not None and n < f and f"{f - n:.3f} behind nftables ({n / f:.2f} × nftables)")
     return f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f}{noise} | {verdict} |"
@@ -250,7 +266,8 @@ def targets_section(s, d):
                        ("udp_64_pps_ratio", "UDP 64-byte pps")):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
         if n is not None:
-            rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread"))))
+            rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
+                                        ratio(key, "tc_empty")))
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
         runs = (s.get("latency_busy_p99_us_added", {}).get("neuwerk") or {}).get("runs") or [busy]
