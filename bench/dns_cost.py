@@ -268,6 +268,33 @@ def flamegraph(data, folded, svg, title) -> dict:
     return {"flamegraph": str(svg), "folded": str(folded)}
 
 
+# Where neuwerk's time goes, for the report's account of a missed target:
+# a label and the frames a sample's stack must all hold to count for it.
+NEUWERK_SHARES = (
+    ("learning grants (store and kernel map)", ("GrantStore<B>::learn",)),
+    ("of which kernel map writes", ("GrantStore<B>::learn", "__sys_bpf")),
+    ("sending (with the kernel's delivery to the receiver)", ("__sys_sendmmsg",)),
+    ("receiving", ("__x64_sys_recvmmsg",)),
+    ("parsing and policy", ("Handler::begin",)),
+)
+
+
+def stack_shares(folded, parts) -> dict:
+    """Share of the samples in `folded` (inferno's collapsed stacks) whose stack holds
+    every frame substring of each part, in percent."""
+    total, hits = 0, [0] * len(parts)
+    with open(folded) as f:
+        for line in f:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            if not n.isdigit():
+                continue
+            total += int(n)
+            for i, (_, frames) in enumerate(parts):
+                if all(fr in stack for fr in frames):
+                    hits[i] += int(n)
+    return {label: round(100 * h / total, 1) for (label, _), h in zip(parts, hits)} if total else {}
+
+
 def profile(cfg, topo, target, _upstream, qfile, rate, tw) -> dict:
     """perf record of the target while dnsperf drives it at `rate`: top self-time symbols and
     a flamegraph (call graphs: cfg["profile_call_graph"])."""
@@ -289,6 +316,9 @@ def profile(cfg, topo, target, _upstream, qfile, rate, tw) -> dict:
                           f"{label} at {rate:,} qps: perf record {cfg['profile_s']} s")
     except Exception as e:  # noqa: BLE001  (the top symbols stand without it)
         res["flamegraph_error"] = d._error(e)
+    else:
+        if target.name == "neuwerk":
+            res["shares_pct"] = stack_shares(res["folded"], NEUWERK_SHARES)
     if not cfg["keep_perf_data"]:
         data.unlink(missing_ok=True)
     return res

@@ -89,7 +89,7 @@ def _cost_summary(cost) -> dict:
                       if isinstance(w, dict) and w.get("error")}}
     if prof and not prof.get("error"):
         row["profile"] = {k: prof.get(k) for k in ("rate", "qps", "seconds", "hz", "call_graph",
-                                                    "event", "top", "flamegraph")}
+                                                    "event", "top", "flamegraph", "shares_pct")}
         if prof.get("flamegraph_error"):
             row["errors"]["flamegraph"] = prof["flamegraph_error"]
     return row

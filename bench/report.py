@@ -258,6 +258,24 @@ def _grant_verdict(gc, target_us=50):
     return _missed(f"over by {max(lower - target_us, 0):g}–{le - target_us:g} µs")
 
 
+def _dns_limit(t, dnsdist):
+    """What held neuwerk's max qps down, from its CPU at max qps and its profile: text
+    starting with "; ", or "" when there is nothing to say."""
+    out = []
+    core = (t.get("cpu_at_max_pct") or {}).get("neuwerk")
+    if core is not None:
+        out.append(f"neuwerk used {core:.0f}% of a core at its max")
+    mine, theirs = t.get("cpu_us_per_query_at_max"), dnsdist.get("cpu_us_per_query_at_max")
+    if mine and theirs:
+        out.append(f"{mine} µs of CPU per query there against dnsdist's {theirs} µs (spread over its two listener threads and responder)")
+    prof = (t.get("cost") or {}).get("profile") or {}
+    shares = prof.get("shares_pct")
+    if shares:
+        parts = ", ".join(f"{label} {pct}%" for label, pct in shares.items())
+        out.append(f"its profile at {_fmt(prof.get('rate'))} qps: {parts}")
+    return "; " + "; ".join(out) if out else ""
+
+
 def targets_section(s, d):
     def ratio(key, cfg):
         return _median(s, key, cfg)
@@ -290,9 +308,10 @@ def targets_section(s, d):
         vs = t.get("qps_vs_dnsdist")
         if vs:
             ratio = vs["median"]
+            limit = ratio < 1 and _dns_limit(t, summ.get("dnsdist", {}))
             rows.append(f"| DNS qps ≥ dnsdist ({name}) | {ratio:.2f} × dnsdist, median of per-round ratios "
                         f"{_runs(vs)} ({_fmt(q)} vs {_fmt(dd)} in the median rounds) | "
-                        f"{_missed(ratio < 1 and f'{ratio:.2f} × dnsdist')} |")
+                        f"{_missed(ratio < 1 and f'{ratio:.2f} × dnsdist' + (limit or ''))} |")
         elif dd:
             rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(q)} vs {_fmt(dd)} | "
                         f"{_missed(q < dd and f'{q / dd:.2f} × dnsdist, {dd - q:,} qps short')} |")
