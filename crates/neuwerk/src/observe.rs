@@ -55,16 +55,16 @@ impl ReportingSink {
 }
 
 impl GrantSink for ReportingSink {
-    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
-        self.store.learn(grants)?;
+    fn learn(&self, grants: &[Grant], now_ns: u64) -> Result<(), GrantError> {
+        self.store.learn_at(grants, Some(now_ns))?;
         self.report(grants);
         Ok(())
     }
 
     /// Reports only the batches that were learned: a failed one is
     /// answered SERVFAIL, so its grants are not announced.
-    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
-        let results = self.store.learn_many(batches);
+    fn learn_many(&self, batches: &[&[Grant]], now_ns: u64) -> Vec<Result<(), GrantError>> {
+        let results = self.store.learn_many_at(batches, Some(now_ns));
         for (grants, r) in batches.iter().zip(&results) {
             if r.is_ok() {
                 self.report(grants);

@@ -39,15 +39,17 @@ pub enum GrantError {
 }
 
 /// Where learned grants go. `learn` returns only once every grant of the
-/// batch is enforceable (in the kernel map), so the answer may be sent.
+/// batch is enforceable (the kernel map allows its traffic), so the answer
+/// may be sent. `now_ns` is the monotonic time the deadlines were computed
+/// from.
 pub trait GrantSink: Send + Sync {
-    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError>;
+    fn learn(&self, grants: &[Grant], now_ns: u64) -> Result<(), GrantError>;
     /// Learns many batches (one answer's grants each) at once; one result
     /// per batch, in order, Ok once every grant of that batch is
     /// enforceable. A sink that can share the work (one lock, one kernel
     /// call) across batches should.
-    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
-        batches.iter().map(|b| self.learn(b)).collect()
+    fn learn_many(&self, batches: &[&[Grant]], now_ns: u64) -> Vec<Result<(), GrantError>> {
+        batches.iter().map(|b| self.learn(b, now_ns)).collect()
     }
 }
 

@@ -10,19 +10,30 @@
 //! entry early moves it to the deadline then. An ordered set of deadlines
 //! (mini-redis's db.rs) cost two tree walks and node allocations per
 //! refresh, under the lock every DNS answer takes.
+//!
+//! The kernel's entry for an address may lag the store: an answer whose
+//! traffic the entry already allows for a while yet (another name on the
+//! same address and ports, written with a deadline at least
+//! [`REFRESH_MARGIN_NS`] away) is not written at once; its key is written
+//! [`REFRESH_MARGIN_NS`] before that deadline, by the expiry sweep. Busy
+//! addresses are answered for many names and again and again; a write for
+//! each was the kernel's largest share of the DNS path's CPU.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
-use std::ops::Range;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
-use super::{Grant, GrantBackend, GrantEntry, GrantError, GrantSink};
+use super::{Grant, GrantBackend, GrantError, GrantSink};
 use crate::policy::PortSet;
+
+#[path = "store_write.rs"]
+mod write;
+use write::{distinct_keys, each_key_once, write_key, write_keys};
 
 /// A grant as held for one (network, address), by queried name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +44,26 @@ pub struct HeldGrant {
     /// When its live entry in [`Inner::due`] comes up (at or before
     /// `expires_ns`); an entry at any other time is stale.
     due_ns: u64,
+    /// The deadline its key's kernel entry was last written with for it;
+    /// 0 if it was not, or the last write failed. Short of `expires_ns`
+    /// while a later deadline waits in [`Inner::refresh`].
+    written_ns: u64,
 }
 
 type Key = (Arc<str>, IpAddr);
 
 /// The grants of one key: one name almost always, so held inline.
 type HeldList = SmallVec<[HeldGrant; 1]>;
+
+/// How long before the deadline a key's kernel entry holds that an answer
+/// it already allows is written; an answer allowed for less is written at
+/// once. The expiry sweep writes them, twice a second: only a sweep late by
+/// over 4.5 s would let the kernel refuse a granted connection early (it
+/// never allows one late).
+pub const REFRESH_MARGIN_NS: u64 = 5_000_000_000;
+
+/// A lagging key whose write failed is tried again this much later.
+const REFRESH_RETRY_NS: u64 = 1_000_000_000;
 
 /// Deadline entries popped per hold of the lock (each expires a grant,
 /// moves one to its later deadline, or drops a stale entry). Expired map
@@ -52,15 +77,6 @@ const EXPIRE_BATCH: usize = 64;
 /// a millisecond.
 const RETAIN_BATCH: usize = 256;
 
-/// Up to this many grants per learn, touched keys are de-duplicated by a
-/// scan of the batch (no allocation); larger batches use a set, so that an
-/// answer with thousands of addresses is not quadratic under the lock.
-const SCAN_DEDUP_MAX: usize = 32;
-
-/// Entries of one key passed to the backend from the stack; most addresses
-/// are held for a single name.
-const INLINE_ENTRIES: usize = 4;
-
 #[derive(Default)]
 struct Inner {
     /// Addresses come from DNS answers: a fast hasher, but seeded, so that
@@ -73,6 +89,10 @@ struct Inner {
     /// of every grant under the lock (once per metrics scrape) stalled
     /// learning for 28 ms with 1M grants.
     per_network: HashMap<Arc<str>, u64, RandomState>,
+    /// Keys whose kernel entry lags the store, by when they must be
+    /// written, soonest first; one entry per key while it lags (stale once
+    /// the key is written for another reason).
+    refresh: BinaryHeap<Reverse<(u64, Key)>>,
 }
 
 /// A grant's place in the deadline heap.
@@ -139,12 +159,21 @@ impl<B: GrantBackend> GrantStore<B> {
     /// their state was decided, and the backend needs no lock of its own
     /// for that.
     pub fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+        self.learn_at(grants, None)
+    }
+
+    /// [`GrantStore::learn`] at `now_ns` (the clock of the deadlines): a
+    /// grant its key's kernel entry already allows until at least
+    /// [`REFRESH_MARGIN_NS`] from now is written later (see the module
+    /// doc). Returns once every grant is enforceable. `None`: every touched
+    /// key is written now.
+    pub fn learn_at(&self, grants: &[Grant], now_ns: Option<u64>) -> Result<(), GrantError> {
         let mut inner = self.lock();
-        for g in grants {
-            inner.record(g);
-        }
-        each_key_once(grants, |g| {
-            write_key(&self.backend, &inner, &(g.network.clone(), g.addr))
+        // Most answers have a few addresses: no allocation for them.
+        let to_write: SmallVec<[&Grant; 8]> =
+            grants.iter().filter(|g| inner.record(g, now_ns)).collect();
+        each_key_once(&to_write, |g| {
+            write_key(&self.backend, &mut inner, &(g.network.clone(), g.addr))
         })
     }
 
@@ -157,25 +186,38 @@ impl<B: GrantBackend> GrantStore<B> {
     /// As with `learn`, every grant is recorded even if its write fails:
     /// the store stays the truth, and the key's next write follows it.
     pub fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+        self.learn_many_at(batches, None)
+    }
+
+    /// [`GrantStore::learn_many`] at `now_ns`, writing later what
+    /// [`GrantStore::learn_at`] would.
+    pub fn learn_many_at(
+        &self,
+        batches: &[&[Grant]],
+        now_ns: Option<u64>,
+    ) -> Vec<Result<(), GrantError>> {
         let mut inner = self.lock();
-        for g in batches.iter().copied().flatten() {
-            inner.record(g);
-        }
-        let (keys, key_of) = distinct_keys(batches);
-        let written = write_keys(&self.backend, &inner, &keys);
-        drop(inner);
-        let mut at = 0;
-        batches
-            .iter()
-            .map(|b| {
-                let of_batch = &key_of[at..at + b.len()];
-                at += b.len();
-                match of_batch.iter().find_map(|&k| written[k].as_ref().err()) {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(()),
+        // The grants to write now, and the batch of each.
+        let mut to_write: Vec<&Grant> = Vec::new();
+        let mut batch_of: Vec<usize> = Vec::new();
+        for (b, batch) in batches.iter().enumerate() {
+            for g in batch.iter() {
+                if inner.record(g, now_ns) {
+                    to_write.push(g);
+                    batch_of.push(b);
                 }
-            })
-            .collect()
+            }
+        }
+        let (keys, key_of) = distinct_keys(&to_write);
+        let written = write_keys(&self.backend, &mut inner, &keys);
+        drop(inner);
+        let mut results: Vec<Result<(), GrantError>> = vec![Ok(()); batches.len()];
+        for (&b, &k) in batch_of.iter().zip(&key_of) {
+            if let (Ok(()), Err(e)) = (&results[b], &written[k]) {
+                results[b] = Err(e.clone());
+            }
+        }
+        results
     }
 
     /// Drops every grant whose deadline is at or before `now_ns` and returns
@@ -213,12 +255,13 @@ impl<B: GrantBackend> GrantStore<B> {
                 out.push(grant);
             }
         }
+        let refreshed = self.refresh_batch(&mut inner, now_ns, &touched);
         // Addresses left without grants go in one batch; the rest are
         // rewritten with what they still hold.
         let mut gone: Vec<(&str, IpAddr)> = Vec::with_capacity(touched.len());
         for key in &touched {
             if inner.held.contains_key(key) {
-                if let Err(e) = write_key(&self.backend, &inner, key) {
+                if let Err(e) = write_key(&self.backend, &mut inner, key) {
                     tracing::warn!("grant map cleanup after expiry: {e}");
                 }
             } else {
@@ -230,7 +273,34 @@ impl<B: GrantBackend> GrantStore<B> {
         }
         // A learner waiting meanwhile gets the lock before the next batch.
         MutexGuard::unlock_fair(inner);
-        popped == EXPIRE_BATCH
+        popped == EXPIRE_BATCH || refreshed == EXPIRE_BATCH
+    }
+
+    /// Writes at most [`EXPIRE_BATCH`] lagging keys whose time has come
+    /// (but not those in `touched`, written after it); how many it popped.
+    /// A failed write is tried again a second later.
+    fn refresh_batch(&self, inner: &mut Inner, now_ns: u64, touched: &[Key]) -> usize {
+        let mut popped = 0;
+        while popped < EXPIRE_BATCH {
+            if inner.refresh.peek().is_none_or(|r| r.0 .0 > now_ns) {
+                break;
+            }
+            let Some(Reverse((_, key))) = inner.refresh.pop() else {
+                break;
+            };
+            popped += 1;
+            let lagging = inner.held.get(&key).is_some_and(|l| lags(l));
+            if !lagging || touched.contains(&key) {
+                continue; // written since: a stale entry
+            }
+            if let Err(e) = write_key(&self.backend, inner, &key) {
+                tracing::warn!("grant map refresh: {e}");
+                inner
+                    .refresh
+                    .push(Reverse((now_ns.saturating_add(REFRESH_RETRY_NS), key)));
+            }
+        }
+        popped
     }
 
     /// Re-judges every grant: `judge(network, hostname)` gives the ports it
@@ -301,7 +371,7 @@ impl<B: GrantBackend> GrantStore<B> {
             }
         }
         for key in changed {
-            if let Err(e) = write_key(&self.backend, &inner, key) {
+            if let Err(e) = write_key(&self.backend, &mut inner, key) {
                 tracing::error!("grant map rewrite on reload: {e}");
             }
         }
@@ -373,13 +443,21 @@ impl<B: GrantBackend> GrantStore<B> {
 
 impl Inner {
     /// Records one grant: a new name on its key, or a later deadline or
-    /// other ports for a name already held.
-    fn record(&mut self, g: &Grant) {
+    /// other ports for a name already held. Returns whether its key must
+    /// be written now: with `now_ns`, not when the key's kernel entry
+    /// allows the grant's ports until [`REFRESH_MARGIN_NS`] from now or
+    /// later; the key is then due in [`Inner::refresh`] that long before.
+    fn record(&mut self, g: &Grant, now_ns: Option<u64>) -> bool {
         let list = self.held.entry((g.network.clone(), g.addr)).or_default();
+        // Lagging already: its refresh is due, at the time this one would
+        // get (it depends only on what was written, unchanged since).
+        let lagged = lags(list);
+        let mut ports_changed = false;
         match list.iter_mut().find(|h| h.hostname == g.hostname) {
             Some(h) => {
                 if h.ports != g.ports {
                     h.ports = g.ports.clone();
+                    ports_changed = true;
                 }
                 // Its deadline entry stays where it is, and is moved when
                 // it comes up.
@@ -391,6 +469,7 @@ impl Inner {
                     ports: g.ports.clone(),
                     expires_ns: g.expires_ns,
                     due_ns: g.expires_ns,
+                    written_ns: 0,
                 });
                 *self.per_network.entry(g.network.clone()).or_default() += 1;
                 self.due.push(Due {
@@ -401,6 +480,17 @@ impl Inner {
                 });
             }
         }
+        let covered = match (now_ns, ports_changed) {
+            (Some(now), false) => covered_until(list, &g.ports)
+                .filter(|&until| until >= now.saturating_add(REFRESH_MARGIN_NS)),
+            _ => None,
+        };
+        let Some(until) = covered else { return true };
+        if !lagged {
+            let key = (g.network.clone(), g.addr);
+            self.refresh.push(Reverse((until - REFRESH_MARGIN_NS, key)));
+        }
+        false
     }
 
     /// Handles a deadline entry that came up at `now_ns`: the grant it
@@ -434,6 +524,26 @@ impl Inner {
     }
 }
 
+/// Whether the kernel's entry of a key lags what the store holds for it.
+fn lags(list: &[HeldGrant]) -> bool {
+    list.iter().any(|h| h.written_ns != h.expires_ns)
+}
+
+/// Until when a key's kernel entry surely allows `ports`: the earliest
+/// deadline any of its grants was written with, if one with exactly these
+/// ports was written (and so has a slot for them with a deadline at least
+/// as late). The earliest, not that one's: the refresh time then depends
+/// only on what was written.
+fn covered_until(list: &[HeldGrant], ports: &PortSet) -> Option<u64> {
+    let mut floor: Option<u64> = None;
+    let mut same_ports = false;
+    for h in list.iter().filter(|h| h.written_ns > 0) {
+        floor = Some(floor.map_or(h.written_ns, |f| f.min(h.written_ns)));
+        same_ports |= h.ports == *ports;
+    }
+    floor.filter(|_| same_ports)
+}
+
 /// Counts one grant of `network` gone; a network without grants is dropped.
 fn released(per_network: &mut HashMap<Arc<str>, u64, RandomState>, network: &Arc<str>) {
     if let Some(c) = per_network.get_mut(network) {
@@ -444,145 +554,12 @@ fn released(per_network: &mut HashMap<Arc<str>, u64, RandomState>, network: &Arc
     }
 }
 
-/// Calls `f` for the first grant of each distinct (network, address) of
-/// `grants`, in order; stops at the first error.
-fn each_key_once(
-    grants: &[Grant],
-    mut f: impl FnMut(&Grant) -> Result<(), GrantError>,
-) -> Result<(), GrantError> {
-    if grants.len() <= SCAN_DEDUP_MAX {
-        for (i, g) in grants.iter().enumerate() {
-            let seen = grants[..i]
-                .iter()
-                .any(|e| e.addr == g.addr && e.network == g.network);
-            if !seen {
-                f(g)?;
-            }
-        }
-        return Ok(());
-    }
-    let mut seen: HashSet<(&str, IpAddr), RandomState> =
-        HashSet::with_capacity_and_hasher(grants.len(), RandomState::default());
-    for g in grants {
-        if seen.insert((&g.network, g.addr)) {
-            f(g)?;
-        }
-    }
-    Ok(())
-}
-
-/// The distinct (network, address) keys of `batches`, each as its first
-/// grant, and for every grant (all batches end to end) the index of its key.
-fn distinct_keys<'g>(batches: &[&'g [Grant]]) -> (Vec<&'g Grant>, Vec<usize>) {
-    let total: usize = batches.iter().map(|b| b.len()).sum();
-    let mut keys: Vec<&Grant> = Vec::with_capacity(total);
-    let mut key_of = Vec::with_capacity(total);
-    let grants = batches.iter().copied().flatten();
-    if total <= SCAN_DEDUP_MAX {
-        for g in grants {
-            let k = match keys
-                .iter()
-                .position(|e| e.addr == g.addr && e.network == g.network)
-            {
-                Some(k) => k,
-                None => {
-                    keys.push(g);
-                    keys.len() - 1
-                }
-            };
-            key_of.push(k);
-        }
-    } else {
-        // As in `each_key_once`: a set, so that many grants are not
-        // quadratic under the lock.
-        let mut index: HashMap<(&str, IpAddr), usize, RandomState> =
-            HashMap::with_capacity_and_hasher(total, RandomState::default());
-        for g in grants {
-            let k = *index.entry((&g.network, g.addr)).or_insert_with(|| {
-                keys.push(g);
-                keys.len() - 1
-            });
-            key_of.push(k);
-        }
-    }
-    (keys, key_of)
-}
-
-/// [`write_key`] for each key of `keys` (given as one of its grants), the
-/// writes in one [`GrantBackend::write_many`]; one result per key.
-fn write_keys<B: GrantBackend>(
-    backend: &B,
-    inner: &Inner,
-    keys: &[&Grant],
-) -> Vec<Result<(), GrantError>> {
-    // Every key's entries end to end in one buffer, rather than a vector
-    // each; `None` marks an emptied key, which is removed instead.
-    let mut entries: Vec<GrantEntry<'_>> = Vec::with_capacity(keys.len());
-    let mut spans: Vec<Option<Range<usize>>> = Vec::with_capacity(keys.len());
-    for g in keys {
-        spans.push(match inner.held.get(&(g.network.clone(), g.addr)) {
-            Some(list) if !list.is_empty() => {
-                let start = entries.len();
-                entries.extend(list.iter().map(entry));
-                Some(start..entries.len())
-            }
-            _ => None,
-        });
-    }
-    let items: Vec<(&str, IpAddr, &[GrantEntry<'_>])> = keys
-        .iter()
-        .zip(&spans)
-        .filter_map(|(g, span)| Some((&*g.network, g.addr, &entries[span.clone()?])))
-        .collect();
-    let mut written = backend.write_many(&items).into_iter();
-    keys.iter()
-        .zip(spans)
-        .map(|(g, span)| match span {
-            // A backend that answers fewer items than asked has not
-            // written the rest: never report those as enforced.
-            Some(_) => written.next().unwrap_or_else(|| {
-                Err(GrantError::Backend {
-                    addr: g.addr,
-                    reason: "no result from the grant backend".into(),
-                })
-            }),
-            None => backend.remove(&g.network, g.addr),
-        })
-        .collect()
-}
-
-fn entry(h: &HeldGrant) -> GrantEntry<'_> {
-    GrantEntry {
-        ports: &h.ports,
-        expires_ns: h.expires_ns,
-    }
-}
-
-/// Writes the complete state of one key; an emptied key is removed.
-fn write_key<B: GrantBackend>(backend: &B, inner: &Inner, key: &Key) -> Result<(), GrantError> {
-    let list = match inner.held.get(key) {
-        Some(list) if !list.is_empty() => list,
-        _ => return backend.remove(&key.0, key.1),
-    };
-    if list.len() <= INLINE_ENTRIES {
-        // Filled past the end with copies of the last entry (an array has
-        // no empty value); only the first `len` are passed.
-        let last = list.len() - 1;
-        let buf: [GrantEntry<'_>; INLINE_ENTRIES] =
-            std::array::from_fn(|i| entry(&list[i.min(last)]));
-        backend.write(&key.0, key.1, &buf[..list.len()])
-    } else {
-        let entries: Vec<GrantEntry<'_>> = list.iter().map(entry).collect();
-        backend.write(&key.0, key.1, &entries)
-    }
-}
-
 impl<B: GrantBackend> GrantSink for GrantStore<B> {
-    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
-        GrantStore::learn(self, grants)
+    fn learn(&self, grants: &[Grant], now_ns: u64) -> Result<(), GrantError> {
+        self.learn_at(grants, Some(now_ns))
     }
-    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
-        GrantStore::learn_many(self, batches)
+    fn learn_many(&self, batches: &[&[Grant]], now_ns: u64) -> Vec<Result<(), GrantError>> {
+        self.learn_many_at(batches, Some(now_ns))
     }
 }
 

@@ -1,6 +1,8 @@
 use std::sync::Mutex;
 
+use super::write::{INLINE_ENTRIES, SCAN_DEDUP_MAX};
 use super::*;
+use crate::grants::GrantEntry;
 use crate::policy::{PortRange, Proto};
 
 type Written = HashMap<(String, IpAddr), Vec<(PortSet, u64)>>;
@@ -501,3 +503,7 @@ fn learn_many_fails_exactly_the_batches_with_a_failing_key() {
     assert_eq!(s.len(), 5);
     assert!(s.learn_many(&[]).is_empty());
 }
+
+/// Kernel entries that lag the store (REFRESH_MARGIN_NS).
+#[path = "store_lag_tests.rs"]
+mod lag;

@@ -90,12 +90,13 @@ impl Handler {
                 _ => None,
             })
             .collect();
+        let now = monotonic_ns();
         let mut learned = match batches.len() {
             0 => Vec::new(),
             // `learn` allocates nothing for its bookkeeping; most batches
             // at a moderate rate hold one answer.
-            1 => vec![self.grants.learn(batches[0])],
-            _ => self.grants.learn_many(&batches),
+            1 => vec![self.grants.learn(batches[0], now)],
+            _ => self.grants.learn_many(&batches, now),
         }
         .into_iter();
         for it in items.iter_mut() {

@@ -266,12 +266,12 @@ pub struct Sink {
 }
 
 impl GrantSink for Sink {
-    fn learn_many(&self, batches: &[&[Grant]]) -> Vec<Result<(), GrantError>> {
+    fn learn_many(&self, batches: &[&[Grant]], now_ns: u64) -> Vec<Result<(), GrantError>> {
         self.many.lock().unwrap().push(batches.len());
-        batches.iter().map(|b| self.learn(b)).collect()
+        batches.iter().map(|b| self.learn(b, now_ns)).collect()
     }
 
-    fn learn(&self, grants: &[Grant]) -> Result<(), GrantError> {
+    fn learn(&self, grants: &[Grant], _now_ns: u64) -> Result<(), GrantError> {
         let fail_addr = *self.fail_addr.lock().unwrap();
         if self.fail.load(std::sync::atomic::Ordering::SeqCst)
             || grants.iter().any(|g| Some(g.addr) == fail_addr)
