@@ -2,17 +2,35 @@
 //! ids come from its fd table (`/proc/PID/fdinfo`), and the map is opened
 //! by id, so a test sees what the kernel holds, not what neuwerk reports.
 
+use std::net::Ipv4Addr;
+
 use aya::maps::{HashMap, Map, MapData};
 use neuwerk_abi::{GrantKey, GrantValue};
 
 /// Entries in the `nw_grants` map of the neuwerk process `pid`.
 pub fn grant_entries(pid: u32) -> usize {
+    grants(pid).keys().filter(Result::is_ok).count()
+}
+
+/// The latest deadline (CLOCK_MONOTONIC ns) the `nw_grants` map of the
+/// neuwerk process `pid` holds for IPv4 `addr`, in any network and slot.
+pub fn grant_deadline_v4(pid: u32, addr: Ipv4Addr) -> Option<u64> {
+    // The map keys IPv4 as IPv4-mapped IPv6, as the kernel programs do.
+    let want = addr.to_ipv6_mapped().octets();
+    grants(pid)
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.addr == want)
+        .flat_map(|(_, v)| v.slots.map(|s| (s.portset != 0).then_some(s.expires_ns)))
+        .flatten()
+        .max()
+}
+
+fn grants(pid: u32) -> HashMap<MapData, GrantKey, GrantValue> {
     let data = open_map(pid, "nw_grants")
         .unwrap_or_else(|| panic!("neuwerk {pid} holds no map named nw_grants"));
     let map = Map::from_map_data(data).expect("nw_grants as a map");
-    let grants: HashMap<MapData, GrantKey, GrantValue> =
-        HashMap::try_from(map).expect("nw_grants as a hash map");
-    grants.keys().filter(Result::is_ok).count()
+    HashMap::try_from(map).expect("nw_grants as a hash map")
 }
 
 /// The map called `name` among the maps process `pid` holds.

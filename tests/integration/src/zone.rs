@@ -11,6 +11,10 @@ use crate::topology::{DEST2_V4, DEST_V4, DEST_V6};
 pub const LONG_TTL: u32 = 300;
 /// TTL of `short.example.com` (seconds).
 pub const SHORT_TTL: u32 = 2;
+/// TTL of `medium.example.com` (seconds): long enough that the kernel map
+/// entry it writes already allows another name on its address (over the
+/// store's 5 s refresh margin), short enough to wait for in a test.
+pub const MEDIUM_TTL: u32 = 8;
 /// How many A records `big.example.com` has.
 pub const BIG_RECORDS: u8 = 100;
 /// Address of `new.example.com` (only allowed by `policy-updated.yaml`).
@@ -41,6 +45,7 @@ pub fn big_addrs() -> Vec<IpAddr> {
 /// | echo.example.com | A 192.0.2.101 | UDP echo port 5353 |
 /// | big.example.com | 100 x A 198.51.100.1-100, UDP truncated | truncation + TCP retry |
 /// | short.example.com | A 192.0.2.101, TTL 2 | grant expiry |
+/// | medium.example.com | A 192.0.2.101, TTL 8 | a map entry that lags the store |
 /// | old.example.com | A 192.0.2.101 | removed by policy-updated |
 /// | new.example.com | A 198.51.100.200 | added by policy-updated |
 /// | fail.example.com | SERVFAIL | upstream failure |
@@ -86,6 +91,10 @@ pub fn standard_records() -> Vec<(&'static str, Vec<MockRecord>)> {
         (
             "short.example.com",
             vec![MockRecord::A(DEST2_V4, SHORT_TTL)],
+        ),
+        (
+            "medium.example.com",
+            vec![MockRecord::A(DEST2_V4, MEDIUM_TTL)],
         ),
         ("old.example.com", a(DEST2_V4)),
         ("new.example.com", a(NEW_V4)),
