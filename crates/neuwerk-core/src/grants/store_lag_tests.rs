@@ -5,12 +5,6 @@ use super::*;
 
 const SEC: u64 = 1_000_000_000;
 
-fn writes(s: &GrantStore<Recorder>) -> usize {
-    s.backend()
-        .writes
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
-
 #[test]
 fn an_answer_the_kernel_already_allows_is_written_before_that_runs_out() {
     let s = GrantStore::new(Recorder::default());
