@@ -40,8 +40,8 @@ pub enum GrantError {
 
 /// Where learned grants go. `learn` returns only once every grant of the
 /// batch is enforceable (the kernel map allows its traffic), so the answer
-/// may be sent. `now_ns` is the monotonic time the deadlines were computed
-/// from.
+/// may be sent. `now_ns` is the monotonic time, no earlier than the one
+/// the deadlines were computed from.
 pub trait GrantSink: Send + Sync {
     fn learn(&self, grants: &[Grant], now_ns: u64) -> Result<(), GrantError>;
     /// Learns many batches (one answer's grants each) at once; one result
