@@ -11,6 +11,7 @@
 #include "lib/policy.h"
 #include "lib/related.h"
 #include "lib/verdict.h"
+#include "lib/forward.h"
 
 /* DNS to neuwerk's own listeners always passes: the proxy judges it. */
 static __always_inline int is_local_dns(const struct nw_flow *f)
@@ -108,5 +109,5 @@ int nw_from_client(struct __sk_buff *skb)
 		return verdict(&f, 0, NW_DROP_ETHERTYPE); /* no bypass through other ethertypes */
 	}
 	rc = judge_client(skb, &f, &net_id);
-	return verdict(&f, net_id, rc);
+	return forward_passed(skb, &f, rc, verdict(&f, net_id, rc));
 }

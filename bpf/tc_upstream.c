@@ -12,6 +12,7 @@
 #include "lib/policy.h"
 #include "lib/related.h"
 #include "lib/verdict.h"
+#include "lib/forward.h"
 
 /* The reason for `f`; `*net_id` receives the network it counts in. */
 static __always_inline __u32 judge_upstream(struct __sk_buff *skb, const struct nw_flow *f,
@@ -71,5 +72,5 @@ int nw_from_upstream(struct __sk_buff *skb)
 	/* Fragments (rc = -NW_DROP_FRAGMENT) have addresses but no ports: they
 	 * pass only when not addressed to a client. */
 	rc = judge_upstream(skb, &f, rc, &net_id);
-	return verdict(&f, net_id, rc);
+	return forward_passed(skb, &f, rc, verdict(&f, net_id, rc));
 }

@@ -20,4 +20,9 @@ volatile const __u64 CT_ICMP_IDLE_NS = 30ULL * 1000000000ULL;
 volatile const __u64 EVENTS_PER_SEC = 1000;
 volatile const __u64 EVENTS_BURST = 200;
 
+/* `interfaces.forwarding`. 1 (direct): passed client traffic is forwarded
+ * by the programs (lib/forward.h); 0 (kernel): by the kernel's stack,
+ * through its netfilter hooks. */
+volatile const __u32 DIRECT_FORWARD = 0;
+
 #endif /* NEUWERK_CONFIG_H */

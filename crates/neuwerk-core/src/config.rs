@@ -2,7 +2,7 @@
 //! durations as `500ms`, `2s`, `1h`).
 //!
 //! ```yaml
-//! interfaces: { ingress: nwi0, egress: nwe0 }
+//! interfaces: { ingress: nwi0, egress: nwe0 }  # forwarding: direct (default) or kernel
 //! dns:
 //!   listen: ["10.100.1.10:53", "[fd00:100:1::10]:53"]
 //!   upstreams: ["10.100.2.100:53"]
@@ -32,6 +32,10 @@ use crate::duration::parse_duration;
 use crate::policy::model::Location;
 use crate::yaml::{self, Error, Fields, Node, Value};
 
+mod interfaces;
+use interfaces::decode_interfaces;
+pub use interfaces::{Forwarding, Interfaces};
+
 /// A config that could not be loaded: `file:line:column: message`, or
 /// `file: error` when the file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +64,6 @@ pub struct Config {
     pub management: ManagementConfig,
     pub conntrack: ConntrackConfig,
     pub logging: LoggingConfig,
-}
-
-/// The two interfaces of the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interfaces {
-    /// Client-facing: the dataplane filters what arrives here.
-    pub ingress: String,
-    /// Upstream-facing: unsolicited traffic to clients is dropped here.
-    pub egress: String,
 }
 
 /// What to answer for a denied name.
@@ -247,47 +242,6 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         conntrack,
         logging,
     })
-}
-
-fn decode_interfaces(node: &Node) -> Result<Interfaces, Error> {
-    let f = node.fields("`interfaces`", &["ingress", "egress"])?;
-    let name = |key: &str| -> Result<String, Error> {
-        let v = &f.required(key, "`interfaces`")?.value;
-        v.parse_with("an interface name", |s| {
-            check_ifname(s).map(|()| s.to_string())
-        })
-    };
-    let ingress = name("ingress")?;
-    let egress = name("egress")?;
-    if ingress == egress {
-        let at = f.required("egress", "`interfaces`")?.value.loc;
-        return Err(Error::new(
-            at,
-            "ingress and egress must be different interfaces",
-        ));
-    }
-    Ok(Interfaces { ingress, egress })
-}
-
-/// Linux's rules for interface names (IFNAMSIZ and dev_valid_name).
-fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("interface name is empty".into());
-    }
-    if name.len() > 15 {
-        return Err(format!(
-            "interface name `{name}` is {} characters long; Linux allows at most 15",
-            name.len()
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name.contains(['/', ':'])
-        || name.contains(char::is_whitespace)
-    {
-        return Err(format!("`{name}` is not a valid interface name"));
-    }
-    Ok(())
 }
 
 const DNS_KEYS: &[&str] = &[

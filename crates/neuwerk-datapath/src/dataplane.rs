@@ -22,7 +22,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
 use neuwerk_abi as abi;
-use neuwerk_core::config::ConntrackConfig;
+use neuwerk_core::config::{ConntrackConfig, Forwarding};
 use neuwerk_core::grants::{GrantBackend, GrantEntry, GrantError};
 
 use crate::batch::BatchDelete;
@@ -46,6 +46,8 @@ pub struct DataplaneConfig {
     /// Neuwerk's own DNS listeners: traffic to them always passes.
     pub dns_listen: Vec<SocketAddr>,
     pub conntrack: ConntrackConfig,
+    /// Whether the programs forward passed client traffic themselves.
+    pub forwarding: Forwarding,
 }
 
 /// A tracked connection as userspace sees it.
@@ -201,7 +203,7 @@ impl Dataplane {
     ) -> Result<Dataplane, DataplaneError> {
         loader::check_interface(&cfg.ingress)?;
         loader::check_interface(&cfg.egress)?;
-        let mut ebpf = loader::load(&cfg.conntrack, events)?;
+        let mut ebpf = loader::load(&cfg.conntrack, cfg.forwarding, events)?;
         let stats = Stats::open(&mut ebpf)?;
         let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;

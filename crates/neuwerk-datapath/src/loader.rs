@@ -4,7 +4,7 @@
 
 use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use neuwerk_core::config::ConntrackConfig;
+use neuwerk_core::config::{ConntrackConfig, Forwarding};
 
 use crate::error::DataplaneError;
 
@@ -50,9 +50,13 @@ impl Default for EventLimits {
     }
 }
 
-/// Loads the object with the conntrack timeouts and event limits baked in
-/// as constants.
-pub fn load(ct: &ConntrackConfig, events: &EventLimits) -> Result<Ebpf, DataplaneError> {
+/// Loads the object with the conntrack timeouts, the forwarding mode and
+/// event limits baked in as constants.
+pub fn load(
+    ct: &ConntrackConfig,
+    forwarding: Forwarding,
+    events: &EventLimits,
+) -> Result<Ebpf, DataplaneError> {
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
     let (tcp, closing, udp, icmp) = (
         ns(ct.tcp_idle),
@@ -63,6 +67,7 @@ pub fn load(ct: &ConntrackConfig, events: &EventLimits) -> Result<Ebpf, Dataplan
     // u64 in the kernel; from u32 so that burst * (1e9 / rate) cannot overflow.
     let per_sec = u64::from(events.per_sec);
     let burst = u64::from(events.burst.max(1));
+    let direct = u32::from(forwarding == Forwarding::Direct);
     EbpfLoader::new()
         .override_global("CT_TCP_IDLE_NS", &tcp, true)
         .override_global("CT_TCP_CLOSING_NS", &closing, true)
@@ -70,6 +75,7 @@ pub fn load(ct: &ConntrackConfig, events: &EventLimits) -> Result<Ebpf, Dataplan
         .override_global("CT_ICMP_IDLE_NS", &icmp, true)
         .override_global("EVENTS_PER_SEC", &per_sec, true)
         .override_global("EVENTS_BURST", &burst, true)
+        .override_global("DIRECT_FORWARD", &direct, true)
         .load(OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }

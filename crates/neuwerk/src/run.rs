@@ -53,6 +53,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             egress: config.interfaces.egress.clone(),
             dns_listen: config.dns.listen.clone(),
             conntrack: config.conntrack,
+            forwarding: config.interfaces.forwarding,
         },
         &loaded.policy,
     )?);

@@ -77,6 +77,8 @@ pub struct NeuwerkConfig {
     pub token: Option<String>,
     /// `policy.audit` (false by default).
     pub audit: bool,
+    /// `interfaces.forwarding` (omitted by default: direct).
+    pub forwarding: Option<&'static str>,
 }
 
 impl Default for NeuwerkConfig {
@@ -94,6 +96,7 @@ impl Default for NeuwerkConfig {
             conntrack: None,
             token: None,
             audit: false,
+            forwarding: None,
         }
     }
 }
@@ -112,12 +115,15 @@ impl NeuwerkConfig {
             DenyResponse::NxDomain => "nxdomain",
         };
         let mut y = format!(
-            "interfaces: {{ ingress: {}, egress: {} }}\n\
+            "interfaces: {{ ingress: {}, egress: {}{} }}\n\
              dns:\n  listen: [{}]\n  upstreams: [{}]\n  upstream_timeout: {}\n  \
              min_ttl: {}\n  max_ttl: {}\n  deny_response: {deny}\n\
              policy: {{ file: \"{}\"{} }}\nmanagement: {{ listen: \"{}\"{} }}\n",
             self.ingress,
             self.egress,
+            self.forwarding
+                .map(|f| format!(", forwarding: {f}"))
+                .unwrap_or_default(),
             list(&self.listen),
             list(&self.upstreams),
             duration(self.upstream_timeout),

@@ -99,6 +99,7 @@ fn defaults() {
     assert_eq!(c.dns.max_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(c.dns.deny_response, DenyResponse::Refused);
     assert_eq!(c.dns.workers, 0);
+    assert_eq!(c.interfaces.forwarding, Forwarding::Direct);
     assert_eq!(c.management, ManagementConfig::default());
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
     assert_eq!(c.management.token, None);
@@ -115,6 +116,20 @@ fn defaults() {
     assert_eq!(c.logging, LoggingConfig::default());
     assert_eq!(c.conntrack.udp_idle, Duration::from_secs(300));
     assert_eq!(c.conntrack.tcp_idle, ConntrackConfig::default().tcp_idle);
+}
+
+#[test]
+fn forwarding_modes() {
+    for (mode, want) in [
+        ("direct", Forwarding::Direct),
+        ("kernel", Forwarding::Kernel),
+    ] {
+        let c = ok(&with_dns("").replace(
+            "egress: nwe0",
+            &format!("egress: nwe0\n  forwarding: {mode}"),
+        ));
+        assert_eq!(c.interfaces.forwarding, want, "forwarding: {mode}");
+    }
 }
 
 #[test]
@@ -328,7 +343,8 @@ fn error_cases() -> Vec<(String, &'static str)> {
         (iface("\"\"", "nwe0"), "c.yaml:2:12: interface name is empty"),
         (iface("nwi0", "\"a b\""), "c.yaml:3:11: `a b` is not a valid interface name"),
         (iface("nwi0", "nwi0"), "c.yaml:3:11: ingress and egress must be different interfaces"),
-        (iface("nwi0", "nwe0\n  outside: eth1"), "c.yaml:4:3: unknown key `outside` in `interfaces`; expected one of `ingress`, `egress`"),
+        (iface("nwi0", "nwe0\n  outside: eth1"), "c.yaml:4:3: unknown key `outside` in `interfaces`; expected one of `ingress`, `egress`, `forwarding`"),
+        (iface("nwi0", "nwe0\n  forwarding: fast"), "c.yaml:4:15: unknown forwarding mode `fast`; expected `direct` or `kernel`"),
         (with_dns("").replace("file: p.yaml", "file: \"\""), "c.yaml:8:9: policy file path is empty"),
         (with_dns("").replace("  file: p.yaml\n", ""), "c.yaml:7:1: `policy` needs `file`"),
         (with_tail("management:\n  listen: localhost:3000\n"), "c.yaml:10:11: `localhost:3000` is not an address; expected IP:port, e.g. 127.0.0.1:3000"),
