@@ -438,6 +438,7 @@ class Neuwerk:
         log_level="warn",
         extra_config="",
         binary=NEUWERK_BIN,
+        forwarding="direct",
     ):
         self.topo = topo
         self.workdir = Path(workdir)
@@ -447,6 +448,7 @@ class Neuwerk:
         self.upstream_timeout = upstream_timeout
         self.log_level = log_level
         self.extra_config = extra_config
+        self.forwarding = forwarding
         self.binary = Path(binary)
         self.proc = None
         self.log_path = self.workdir / "neuwerk.log"
@@ -465,7 +467,7 @@ class Neuwerk:
         listen = ", ".join(f'"{a}"' for a in self.dns_listen)
         ups = ", ".join(f'"{a}"' for a in self.upstreams)
         self.config_path.write_text(
-            "interfaces: { ingress: nwi0, egress: nwe0 }\n"
+            f"interfaces: {{ ingress: nwi0, egress: nwe0, forwarding: {self.forwarding} }}\n"
             "dns:\n"
             f"  listen: [{listen}]\n"
             f"  upstreams: [{ups}]\n"

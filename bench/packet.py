@@ -9,7 +9,10 @@ measures, side by side:
   nftables   the same allow-list in nftables, conntrack-based (bench/nft.py);
   tc_empty   an empty program on the hook neuwerk's client side uses (TCX
              ingress of the client-facing interface): what any TC filter
-             costs before doing anything (rates only).
+             costs before doing anything (rates only);
+  neuwerk_kernel  neuwerk as above with `forwarding: kernel`: the kernel's
+             stack forwards what the programs pass, instead of the programs
+             themselves (rates only): what direct forwarding changes.
 
 Per configuration: TCP throughput (iperf3, 1 and 4 streams), 64-byte UDP
 packet rate (iperf3, packets received per second), UDP request/response
@@ -69,6 +72,8 @@ __all__ = [
 # The hook's own cost shows in the rates; its latency share is below what
 # sockperf resolves here, so the reference configuration skips the rest.
 TC_EMPTY_FIGURES = ("tcp_1", "tcp_4", "udp_64")
+# The rates-only configurations measure these figures and no others.
+RATES_ONLY = {"tc_empty": TC_EMPTY_FIGURES, "neuwerk_kernel": TC_EMPTY_FIGURES}
 
 
 class Bench(NeuwerkSteps):
@@ -362,7 +367,7 @@ class Bench(NeuwerkSteps):
         C.ensure_built("neuwerk-bench", ["nw-synth-dns"])
         C.ensure_built("neuwerk", ["neuwerk"])
         t_start = time.monotonic()
-        configs = ["baseline", "neuwerk", "nftables", "tc_empty"]
+        configs = ["baseline", "neuwerk", "nftables", "tc_empty", "neuwerk_kernel"]
         notes = []
         res = {"quick": self.quick, "secs_per_figure": self.secs, "rounds": self.rounds,
                "hostname_rules": self.n_hosts, "static_rules": self.n_static, "configs": {},
@@ -397,8 +402,10 @@ class Bench(NeuwerkSteps):
                                 setup = self.setup_nftables(flowtable=c.endswith("flowtable"))
                             elif c == "tc_empty":
                                 setup = self.setup_tc_empty()
+                            elif c == "neuwerk_kernel":
+                                setup = self.setup_neuwerk(rnd, forwarding="kernel")
                             try:
-                                figures = self.suite(f"{c}-r{rnd}", TC_EMPTY_FIGURES if c == "tc_empty" else None)
+                                figures = self.suite(f"{c}-r{rnd}", RATES_ONLY.get(c))
                             finally:
                                 if c == "neuwerk":
                                     teardown = self.teardown_neuwerk(rnd)
@@ -406,6 +413,8 @@ class Bench(NeuwerkSteps):
                                     teardown = self.teardown_nftables()
                                 elif c == "tc_empty":
                                     teardown = self.teardown_tc_empty()
+                                elif c == "neuwerk_kernel":
+                                    self.stop_neuwerk()
                         per_round[c].append({"setup": setup, "teardown": teardown} | figures)
                 if not self.skip_memory:
                     log(f"memory with {self.mem_grants} grants")

@@ -71,9 +71,9 @@ class NeuwerkSteps:
 
     # ---- neuwerk as a configuration: started, checked, set up and torn down once per round
 
-    def start_neuwerk(self, policy_text, tag, extra_config=""):
+    def start_neuwerk(self, policy_text, tag, extra_config="", forwarding="direct"):
         self.neuwerk = C.Neuwerk(self.topo, self.work / tag, policy_text, log_level="warn",
-                                 extra_config=extra_config)
+                                 extra_config=extra_config, forwarding=forwarding)
         t0 = time.monotonic()
         self.neuwerk.start(ready_timeout=300)
         return time.monotonic() - t0
@@ -97,13 +97,19 @@ class NeuwerkSteps:
                 "policy_check_output": (cp.stdout + cp.stderr).strip()[-300:],
                 "policy_bytes": len(policy), "hostname_rules": self.n_hosts, "static_rules": self.n_static}
 
-    def setup_neuwerk(self, rnd):
+    def setup_neuwerk(self, rnd, forwarding="direct"):
+        """Neuwerk with the benchmark's policy and grants; `forwarding` is
+        `interfaces.forwarding` (the default, direct, or kernel)."""
         policy = neuwerk_policy(self.n_hosts, self.n_static)
-        r = {"startup_to_ready_s": round(self.start_neuwerk(policy, f"neuwerk-{rnd}"), 3)}
+        tag = f"neuwerk-{forwarding}-{rnd}"
+        r = {"forwarding": forwarding,
+             "startup_to_ready_s": round(self.start_neuwerk(policy, tag, forwarding=forwarding), 3)}
         log(f"neuwerk: ready after {r['startup_to_ready_s']} s; learning {self.n_hosts} grants")
         r["learn"] = self.learn(self.n_hosts)
         log(f"neuwerk: {r['learn']['grants_active']:.0f} grants active ({r['learn']['qps']} names/s)")
         r["memory_after_learn"] = self.memory()
+        if forwarding != "direct":
+            return r
         if rnd == 0:
             r["idle_cpu"] = self.idle_cpu()
             log(f"neuwerk: idle with {r['learn']['grants_active']:.0f} grants: {r['idle_cpu']['neuwerk_cores']} cores")

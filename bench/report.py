@@ -37,12 +37,12 @@ def _median_range(summary, key, cfg):
     return f"{_fmt(r.get('median'))} ({_fmt(min(runs))} to {_fmt(max(runs))})"
 
 
-def _hook_floor(s):
-    """The empty TC program's rates against the baseline, as text ("" if not measured)."""
-    parts = [f"{what} {_median_range(s, key + '_ratio', 'tc_empty')}"
+def _rates(s, cfg):
+    """A rates-only configuration's rates against the baseline, as text ("" if not measured)."""
+    parts = [f"{what} {_median_range(s, key + '_ratio', cfg)}"
              for what, key in (("TCP 1 stream", "tcp_1_gbit_s"), ("4 streams", "tcp_4_gbit_s"),
                                ("UDP 64-byte pps", "udp_64_pps"))
-             if _median(s, key + "_ratio", "tc_empty") is not None]
+             if _median(s, key + "_ratio", cfg) is not None]
     return ", ".join(parts)
 
 
@@ -66,7 +66,15 @@ def packet_section(p):
         vals = [s.get(key, {}).get(c) for c in CONFIGS]
         out.append(f"| {title} | " + " | ".join(_fmt(v, unit) for v in vals) + " | "
                    + " | ".join(_median_range(s, key + "_ratio", c) for c in ("neuwerk", "nftables")) + " |")
-    floor = _hook_floor(s)
+    out += ["", "Neuwerk runs with its default `forwarding: direct`: its programs route the packets they "
+            "pass (the kernel's FIB lookup, TTL, MACs) and send them out of the other interface, so the "
+            "kernel's IP forwarding path and netfilter never see them; GSO packets (TCP bulk data) and "
+            "anything the lookup cannot settle still go through the stack."]
+    kernel = _rates(s, "neuwerk_kernel")
+    if kernel:
+        out += ["", "Neuwerk with `forwarding: kernel` (the stack forwards what the programs pass), "
+                f"measured in the same rounds: {kernel} of plain forwarding."]
+    floor = _rates(s, "tc_empty")
     if floor:
         out += ["", "An empty program on the hook neuwerk's client side uses (TCX ingress of the "
                 "client-facing interface), measured in the same rounds, shows what any TC filter costs here "
@@ -238,8 +246,10 @@ def _missed(*why):
     return "**missed**: " + "; ".join(why) if why else "met"
 
 
-def _throughput_row(title, n, f, spread, floor=None):
+def _throughput_row(title, n, f, spread, floor=None, kernel=None):
     noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
+    if kernel is not None:
+        noise += f"; neuwerk with `forwarding: kernel`: {kernel}"
     if floor is not None:
         noise += f"; an empty TC program on the same hook: {floor}"
     verdict = _missed(n < 0.95 and f"{0.95 - n:.3f} short of 0.95",
@@ -285,7 +295,7 @@ def targets_section(s, d):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
         if n is not None:
             rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
-                                        ratio(key, "tc_empty")))
+                                        ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel")))
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
         runs = (s.get("latency_busy_p99_us_added", {}).get("neuwerk") or {}).get("runs") or [busy]
