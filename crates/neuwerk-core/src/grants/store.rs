@@ -48,6 +48,17 @@ pub struct HeldGrant {
     /// 0 if it was not, or the last write failed. Short of `expires_ns`
     /// while a later deadline waits in [`Inner::refresh`].
     written_ns: u64,
+    /// [`name_hash`] of `hostname`: a key holds several names when they
+    /// share an address, and comparing this first spares reading each
+    /// one's cold heap string to find the name an answer is for.
+    name_hash: u64,
+}
+
+/// The hash [`HeldGrant::name_hash`] holds (fixed seed: only compared
+/// within this process).
+fn name_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6e77_6b00).hash_one(name)
 }
 
 type Key = (Arc<str>, IpAddr);
@@ -453,7 +464,11 @@ impl Inner {
         // get (it depends only on what was written, unchanged since).
         let lagged = lags(list);
         let mut ports_changed = false;
-        match list.iter_mut().find(|h| h.hostname == g.hostname) {
+        let hash = name_hash(&g.hostname);
+        match list
+            .iter_mut()
+            .find(|h| h.name_hash == hash && h.hostname == g.hostname)
+        {
             Some(h) => {
                 if h.ports != g.ports {
                     h.ports = g.ports.clone();
@@ -470,6 +485,7 @@ impl Inner {
                     expires_ns: g.expires_ns,
                     due_ns: g.expires_ns,
                     written_ns: 0,
+                    name_hash: hash,
                 });
                 *self.per_network.entry(g.network.clone()).or_default() += 1;
                 self.due.push(Due {
@@ -501,7 +517,7 @@ impl Inner {
         let list = self.held.get_mut(&key)?;
         let pos = list
             .iter()
-            .position(|h| h.hostname == due.hostname && h.due_ns == due.at_ns)?;
+            .position(|h| h.due_ns == due.at_ns && h.hostname == due.hostname)?;
         let h = &mut list[pos];
         if h.expires_ns > now_ns {
             h.due_ns = h.expires_ns;

@@ -76,12 +76,19 @@ impl Handler {
     /// [`Handler::finish`] for a batch, learning every answer's grants at
     /// once; each item gets its reply.
     pub(crate) fn finish_all(&self, items: &mut [Finish]) {
+        // One clock read for the batch, not several per query: deadlines
+        // count from it (after every answer of the batch arrived, so never
+        // past what the TTL allows) and so does learning.
+        let started = Instant::now();
+        let now = monotonic_ns();
         for it in items.iter_mut() {
             let fwd = &mut *it.fwd;
-            fwd.facts.upstream = Some(fwd.asked.elapsed());
-            if let Some(resolved) = it.resolved.take() {
-                it.step = Some(self.relay(&fwd.ask, &fwd.query, resolved, &mut fwd.facts));
-            }
+            let Some(resolved) = it.resolved.take() else {
+                continue;
+            };
+            let back = resolved.as_ref().map_or(started, |a| a.received);
+            fwd.facts.upstream = Some(back.saturating_duration_since(fwd.asked));
+            it.step = Some(self.relay(&fwd.ask, &fwd.query, resolved, now, &mut fwd.facts));
         }
         let batches: Vec<&[Grant]> = items
             .iter()
@@ -90,7 +97,6 @@ impl Handler {
                 _ => None,
             })
             .collect();
-        let now = monotonic_ns();
         let mut learned = match batches.len() {
             0 => Vec::new(),
             // `learn` allocates nothing for its bookkeeping; most batches
@@ -99,6 +105,8 @@ impl Handler {
             _ => self.grants.learn_many(&batches, now),
         }
         .into_iter();
+        // The grants are in the map: the commit and the query end here.
+        let committed = Instant::now();
         for it in items.iter_mut() {
             let Some(step) = it.step.take() else { continue };
             let fwd = &mut *it.fwd;
@@ -106,20 +114,27 @@ impl Handler {
                 Step::Done(outcome, reply) => (outcome, reply),
                 Step::Learn(t) => {
                     let result = learned.next().unwrap_or(Ok(()));
+                    if result.is_ok() {
+                        let took = committed.saturating_duration_since(t.received);
+                        fwd.facts.grant_commit = Some(took);
+                    }
                     answered(&fwd.ask, &fwd.query, t, result, &mut fwd.facts)
                 }
             };
-            self.report(&fwd.query, &fwd.facts, &outcome);
+            let took = committed.saturating_duration_since(fwd.query.received);
+            self.report_took(&fwd.query, &fwd.facts, &outcome, took);
             it.reply = Some(reply);
         }
     }
 
-    /// Checks the answer and prepares the reply, and the grants it teaches.
+    /// Checks the answer and prepares the reply, and the grants it teaches
+    /// (their deadlines counted from `now_ns`).
     fn relay(
         &self,
         ask: &Ask,
         query: &Query,
         resolved: Result<Answer, ResolveError>,
+        now_ns: u64,
         facts: &mut Facts,
     ) -> Step {
         let (parsed, b) = (&ask.parsed, &query.bytes[..]);
@@ -151,7 +166,6 @@ impl Handler {
         };
         let grants = match (&ask.grant_to, learned.is_empty()) {
             (Some((network, ports)), false) => {
-                let now = monotonic_ns();
                 let hostname: Arc<str> = facts.name.as_str().into();
                 learned
                     .addrs
@@ -162,7 +176,7 @@ impl Handler {
                         addr,
                         hostname: hostname.clone(),
                         ports: ports.clone(),
-                        expires_ns: now.saturating_add(self.lifetime_ns(ttl)),
+                        expires_ns: now_ns.saturating_add(self.lifetime_ns(ttl)),
                     })
                     .collect()
             }
@@ -199,7 +213,6 @@ fn answered(
         let reply = message::error_reply(&query.bytes, &ask.parsed, ResponseCode::ServFail);
         return (Outcome::LearnFailed(e), reply);
     }
-    facts.grant_commit = Some(t.received.elapsed());
     facts.learned = t.learned;
     let outcome = Outcome::Answered {
         rcode: t.rcode,

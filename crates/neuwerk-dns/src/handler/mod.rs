@@ -58,7 +58,8 @@ pub(crate) struct Forward {
     pub(crate) query: Query,
     facts: Facts,
     pub(crate) ask: Ask,
-    /// When the upstream was first asked.
+    /// When the upstream was first asked: taken as when the query was
+    /// received, microseconds earlier, which spares a clock read per query.
     asked: Instant,
 }
 
@@ -144,10 +145,10 @@ impl Handler {
         let mut facts = Facts::default();
         match self.prepare(&query, &mut facts) {
             Ok(ask) => Begin::Forward(Box::new(Forward {
+                asked: query.received,
                 query,
                 facts,
                 ask,
-                asked: Instant::now(),
             })),
             Err((outcome, reply)) => {
                 self.report(&query, &facts, &outcome);
@@ -208,13 +209,18 @@ impl Handler {
     }
 
     pub(crate) fn report(&self, query: &Query, facts: &Facts, outcome: &Outcome) {
-        observe(
-            &*self.observer,
-            query,
-            facts,
-            outcome,
-            query.received.elapsed(),
-        );
+        self.report_took(query, facts, outcome, query.received.elapsed());
+    }
+
+    /// [`Handler::report`] for a query that took `took` from its arrival.
+    pub(crate) fn report_took(
+        &self,
+        query: &Query,
+        facts: &Facts,
+        outcome: &Outcome,
+        took: Duration,
+    ) {
+        observe(&*self.observer, query, facts, outcome, took);
     }
     /// The policy's verdict on `name` asked by `src`; records the client's
     /// network and the name in `facts`. The policy is loaded once and
