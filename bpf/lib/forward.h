@@ -7,9 +7,12 @@
  * no neighbour yet, too big, TTL running out, the node's own addresses)
  * goes to the stack as before, which answers it properly.
  *
- * The kernel's netfilter hooks do not see packets forwarded here: a node
- * whose own NAT or filter rules must see every packet sets
- * `forwarding: kernel` (DIRECT_FORWARD = 0).
+ * The kernel's netfilter hooks (and its reverse-path filter) do not see
+ * packets forwarded here: a node whose own NAT or filter rules must see
+ * every packet sets `forwarding: kernel` (DIRECT_FORWARD = 0).
+ *
+ * The header writes are direct, so the verifier makes a cloned skb's head
+ * private before the program runs (as the stack's forwarding would too).
  */
 #ifndef NEUWERK_FORWARD_H
 #define NEUWERK_FORWARD_H
@@ -34,8 +37,8 @@ static __always_inline void ipv4_ttl_dec(struct iphdr *ip)
 	ip->ttl--;
 }
 
-/* Fills the lookup from the IP header and decrements its TTL or hop
- * limit; 0, or -1 to leave the packet to the stack. */
+/* Fills the lookup from the IP header; 0, or -1 to leave the packet to
+ * the stack (its TTL or hop limit runs out here). */
 static __always_inline int fib_params(struct __sk_buff *skb, struct bpf_fib_lookup *p,
 				      const struct nw_flow *f)
 {
