@@ -60,6 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         ingress = %config.interfaces.ingress,
         egress = %config.interfaces.egress,
+        forwarding = ?config.interfaces.forwarding,
         "dataplane attached"
     );
     let store = Arc::new(GrantStore::new(dataplane.clone()));
