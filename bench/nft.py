@@ -83,3 +83,16 @@ def build_ruleset(client_cidr, ingress, static, learned, flowtable=None):
     for line in _elements(learned_el):
         out.append(f"add element inet {TABLE} learned4 {{ {line} }}")
     return "\n".join(out) + "\n"
+
+
+def conntrack_only_ruleset():
+    """Conntrack turned on in the forward path and nothing filtered: what
+    conntrack alone does to forwarded traffic, beside the full allow-list."""
+    return "\n".join([
+        f"table inet {TABLE} {{",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy accept;",
+        "    ct state established,related accept",
+        "  }",
+        "}",
+    ]) + "\n"

@@ -12,7 +12,9 @@ measures, side by side:
              costs before doing anything (rates only);
   neuwerk_kernel  neuwerk as above with `forwarding: kernel`: the kernel's
              stack forwards what the programs pass, instead of the programs
-             themselves (rates only): what direct forwarding changes.
+             themselves (rates only): what direct forwarding changes;
+  nftables_ct_only  conntrack on in the forward path, nothing filtered
+             (rates only): what conntrack alone does to forwarded traffic.
 
 Per configuration: TCP throughput (iperf3, 1 and 4 streams), 64-byte UDP
 packet rate (iperf3, packets received per second), UDP request/response
@@ -73,7 +75,8 @@ __all__ = [
 # sockperf resolves here, so the reference configuration skips the rest.
 TC_EMPTY_FIGURES = ("tcp_1", "tcp_4", "udp_64")
 # The rates-only configurations measure these figures and no others.
-RATES_ONLY = {"tc_empty": TC_EMPTY_FIGURES, "neuwerk_kernel": TC_EMPTY_FIGURES}
+RATES_ONLY = {"tc_empty": TC_EMPTY_FIGURES, "neuwerk_kernel": TC_EMPTY_FIGURES,
+              "nftables_ct_only": TC_EMPTY_FIGURES}
 
 
 class Bench(NeuwerkSteps):
@@ -333,6 +336,10 @@ class Bench(NeuwerkSteps):
         return {"ruleset": str(rules), "load_s": round(load_s, 3), "learned_elements": n_learned,
                 "static_rules": self.n_static}
 
+    def setup_conntrack_only(self):
+        C.ns_run(self.topo.fw, ["nft", "-f", "-"], input=nft.conntrack_only_ruleset())
+        return {"ruleset": "conntrack only: forward chain, policy accept, ct state established,related accept"}
+
     def flowtable_unavailable(self):
         """Why nftables flowtables can't be used here (None: they can)."""
         probe = 'table inet nwprobe {\n  flowtable ft {\n    hook ingress priority filter\n    devices = { "nwi0" }\n  }\n}\n'
@@ -367,7 +374,7 @@ class Bench(NeuwerkSteps):
         C.ensure_built("neuwerk-bench", ["nw-synth-dns"])
         C.ensure_built("neuwerk", ["neuwerk"])
         t_start = time.monotonic()
-        configs = ["baseline", "neuwerk", "nftables", "tc_empty", "neuwerk_kernel"]
+        configs = ["baseline", "neuwerk", "nftables", "tc_empty", "neuwerk_kernel", "nftables_ct_only"]
         notes = []
         res = {"quick": self.quick, "secs_per_figure": self.secs, "rounds": self.rounds,
                "hostname_rules": self.n_hosts, "static_rules": self.n_static, "configs": {},
@@ -398,6 +405,8 @@ class Bench(NeuwerkSteps):
                         with C.machine_lock(f"packet {c}"):
                             if c == "neuwerk":
                                 setup = self.setup_neuwerk(rnd)
+                            elif c == "nftables_ct_only":
+                                setup = self.setup_conntrack_only()
                             elif c.startswith("nftables"):
                                 setup = self.setup_nftables(flowtable=c.endswith("flowtable"))
                             elif c == "tc_empty":

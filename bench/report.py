@@ -74,6 +74,12 @@ def packet_section(p):
     if kernel:
         out += ["", "Neuwerk with `forwarding: kernel` (the stack forwards what the programs pass), "
                 f"measured in the same rounds: {kernel} of plain forwarding."]
+    ct_only = _rates(s, "nftables_ct_only")
+    if ct_only:
+        out += ["", "nftables with only conntrack turned on (forward chain, policy accept, "
+                "`ct state established,related accept`: nothing filtered), measured in the same rounds: "
+                f"{ct_only} of plain forwarding. Where this is above plain forwarding, conntrack itself "
+                "(not filtering) is what moves the nftables figure."]
     floor = _rates(s, "tc_empty")
     if floor:
         out += ["", "An empty program on the hook neuwerk's client side uses (TCX ingress of the "
@@ -246,8 +252,10 @@ def _missed(*why):
     return "**missed**: " + "; ".join(why) if why else "met"
 
 
-def _throughput_row(title, n, f, spread, floor=None, kernel=None):
+def _throughput_row(title, n, f, spread, floor=None, kernel=None, ct_only=None):
     noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
+    if ct_only is not None:
+        noise += f"; nftables with conntrack only, nothing filtered: {ct_only}"
     if kernel is not None:
         noise += f"; neuwerk with `forwarding: kernel`: {kernel}"
     if floor is not None:
@@ -295,7 +303,8 @@ def targets_section(s, d):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
         if n is not None:
             rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
-                                        ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel")))
+                                        ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel"),
+                                        ratio(key, "nftables_ct_only")))
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
         runs = (s.get("latency_busy_p99_us_added", {}).get("neuwerk") or {}).get("runs") or [busy]
