@@ -180,21 +180,8 @@ impl DnsMock {
 /// root) so bursts of hundreds of queries are not dropped by the kernel.
 pub(crate) fn grow_receive_buffer(sock: &impl std::os::fd::AsRawFd) {
     let size: libc::c_int = 8 << 20;
-    // SAFETY: valid fd, and a pointer to a c_int of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        eprintln!(
-            "warning: SO_RCVBUFFORCE: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sockopt::set_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size) {
+        eprintln!("warning: SO_RCVBUFFORCE: {e}");
     }
 }
 

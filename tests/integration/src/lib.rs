@@ -22,6 +22,7 @@ pub mod netns;
 pub mod neuwerk;
 pub mod root;
 pub mod runtime;
+pub mod sockopt;
 pub mod stats;
 pub mod topology;
 pub mod zone;

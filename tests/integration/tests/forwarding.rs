@@ -5,13 +5,13 @@
 //! forwarded, one with a hop left is.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, Context, Result};
 use neuwerk_integration::checks::*;
 use neuwerk_integration::client::{Host, ALLOWED, BLOCKED};
 use neuwerk_integration::dns_client::unspecified;
 use neuwerk_integration::neuwerk::fixture;
+use neuwerk_integration::sockopt;
 use neuwerk_integration::topology::*;
 use neuwerk_integration::{Neuwerk, NeuwerkConfig, Topology};
 
@@ -120,7 +120,9 @@ fn echo_with_hops(
         if addr.is_ipv4() {
             sock.set_ttl(hops)?;
         } else {
-            set_hop_limit(&sock, hops)?;
+            let hops = hops as libc::c_int;
+            sockopt::set_int(&sock, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, hops)
+                .context("IPV6_UNICAST_HOPS")?;
         }
         sock.set_read_timeout(Some(wait))?;
         sock.send(b"hops")?;
@@ -138,25 +140,6 @@ fn echo_with_hops(
             Err(e) => Err(anyhow!("echo via {addr}: {e}")),
         }
     })
-}
-
-/// IPV6_UNICAST_HOPS, which std does not set on stable.
-fn set_hop_limit(sock: &UdpSocket, hops: u32) -> Result<()> {
-    let v = hops as libc::c_int;
-    // SAFETY: a valid socket and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_UNICAST_HOPS,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("IPV6_UNICAST_HOPS");
-    }
-    Ok(())
 }
 
 #[test]
