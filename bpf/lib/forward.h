@@ -3,7 +3,8 @@
  * Direct forwarding: a packet the policy passes is routed by the program
  * itself (the kernel's FIB lookup, TTL or hop limit, MACs) and sent out of
  * the egress interface, skipping the kernel's IP receive, routing and
- * netfilter path for it. Whatever the lookup cannot settle here (no route,
+ * netfilter path for it (or, when that interface is a veth with its other
+ * end in another namespace, straight into that end). Whatever the lookup cannot settle here (no route,
  * no neighbour yet, too big, TTL running out, the node's own addresses)
  * goes to the stack as before, which answers it properly.
  *
@@ -125,6 +126,11 @@ static __always_inline int forward(struct __sk_buff *skb, const struct nw_flow *
 		return TC_ACT_OK;
 	if (rewrite_headers(skb, &p, f))
 		return TC_ACT_OK;
+	/* A veth's other end in another namespace takes the packet at its
+	 * ingress within this softirq: no transmit, no second backlog queue
+	 * (the node's own qdisc on that veth is skipped with them). */
+	if (p.ifindex == PEER_IFINDEX_INGRESS || p.ifindex == PEER_IFINDEX_EGRESS)
+		return bpf_redirect_peer(p.ifindex, 0);
 	return bpf_redirect(p.ifindex, 0);
 }
 

@@ -25,4 +25,11 @@ volatile const __u64 EVENTS_BURST = 200;
  * through its netfilter hooks. */
 volatile const __u32 DIRECT_FORWARD = 0;
 
+/* The node's interfaces that are veths with their other end in another
+ * namespace (0: not such a veth). Direct forwarding hands a packet routed
+ * out of one straight to that end's ingress; the loader checks this over
+ * rtnetlink, as the kernel drops a peer redirect that cannot be done. */
+volatile const __u32 PEER_IFINDEX_INGRESS = 0;
+volatile const __u32 PEER_IFINDEX_EGRESS = 0;
+
 #endif /* NEUWERK_CONFIG_H */

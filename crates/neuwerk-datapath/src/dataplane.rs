@@ -32,7 +32,7 @@ use neuwerk_core::policy::{Policy, PortSet};
 use crate::addr::{addr_bytes, addr_from_bytes};
 use crate::compile::{compile, plan, NetIds, NetNames, Plan, Tables};
 use crate::error::DataplaneError;
-use crate::loader::{self, EventLimits};
+use crate::loader::{self, EventLimits, ForwardSetup};
 use crate::portsets::Interner;
 use crate::stats::Stats;
 
@@ -173,6 +173,8 @@ pub struct Dataplane {
     names: NetNames,
     /// The event ring buffer until [`Dataplane::packet_events`] takes it.
     events: Mutex<Option<RingBuf<MapData>>>,
+    /// How the programs forward (probed at start).
+    forwarding: ForwardSetup,
     /// Owns programs and links; declared last so maps are released first.
     _ebpf: Ebpf,
 }
@@ -201,9 +203,8 @@ impl Dataplane {
         policy: &Policy,
         events: &EventLimits,
     ) -> Result<Dataplane, DataplaneError> {
-        loader::check_interface(&cfg.ingress)?;
-        loader::check_interface(&cfg.egress)?;
-        let mut ebpf = loader::load(&cfg.conntrack, cfg.forwarding, events)?;
+        let forwarding = ForwardSetup::probe(cfg.forwarding, &cfg.ingress, &cfg.egress)?;
+        let mut ebpf = loader::load(&cfg.conntrack, &forwarding, events)?;
         let stats = Stats::open(&mut ebpf)?;
         let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
@@ -232,6 +233,7 @@ impl Dataplane {
             grant_delete,
             names,
             events: Mutex::new(Some(ring)),
+            forwarding,
             _ebpf: ebpf,
         };
         dp.write_listeners(&cfg.dns_listen)?;
@@ -258,6 +260,11 @@ impl Dataplane {
     /// The id -> name table of networks (shared; follows later reloads).
     pub fn net_names(&self) -> NetNames {
         self.names.clone()
+    }
+
+    /// How the programs forward what they pass, as probed at start.
+    pub fn forwarding(&self) -> ForwardSetup {
+        self.forwarding
     }
 
     /// Rows userspace has written: (networks, rules, port sets) in force.

@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod error;
 pub mod events;
 mod grant_map;
+mod link;
 pub mod loader;
 pub mod portsets;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use aya::{Ebpf, EbpfLoader};
 use neuwerk_core::config::{ConntrackConfig, Forwarding};
 
 use crate::error::DataplaneError;
+use crate::link;
 
 /// The object built by build.rs from bpf/neuwerk.bpf.c.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/neuwerk.bpf.o"));
@@ -16,8 +17,9 @@ pub const PROG_FROM_CLIENT: &str = "nw_from_client";
 /// TC program for what comes back (ingress of the upstream-facing interface).
 pub const PROG_FROM_UPSTREAM: &str = "nw_from_upstream";
 
-/// Fails with a clear error when `iface` does not exist in this namespace.
-pub fn check_interface(iface: &str) -> Result<(), DataplaneError> {
+/// The index of `iface`, or a clear error when it does not exist in this
+/// namespace.
+pub fn interface_index(iface: &str) -> Result<u32, DataplaneError> {
     let Ok(name) = std::ffi::CString::new(iface) else {
         return Err(DataplaneError::NoInterface(iface.to_string()));
     };
@@ -26,7 +28,33 @@ pub fn check_interface(iface: &str) -> Result<(), DataplaneError> {
     if index == 0 {
         return Err(DataplaneError::NoInterface(iface.to_string()));
     }
-    Ok(())
+    Ok(index)
+}
+
+/// How the programs forward what they pass (bpf/lib/forward.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSetup {
+    /// Direct or through the kernel's stack.
+    pub mode: Forwarding,
+    /// Ingress and egress interface indexes where the interface is a veth
+    /// with its other end in another namespace, else 0: direct forwarding
+    /// hands packets routed out of these to that end.
+    pub peer_ifindex: [u32; 2],
+}
+
+impl ForwardSetup {
+    /// Looks the node's two interfaces up (index, and over rtnetlink
+    /// whether each is a veth with a peer elsewhere).
+    pub fn probe(mode: Forwarding, ingress: &str, egress: &str) -> Result<Self, DataplaneError> {
+        let mut peer_ifindex = [0; 2];
+        for (slot, iface) in peer_ifindex.iter_mut().zip([ingress, egress]) {
+            let index = interface_index(iface)?;
+            if mode == Forwarding::Direct && link::has_foreign_veth_peer(index)? {
+                *slot = index;
+            }
+        }
+        Ok(ForwardSetup { mode, peer_ifindex })
+    }
 }
 
 /// How many drop and audit events the kernel may report, per CPU: a
@@ -50,11 +78,11 @@ impl Default for EventLimits {
     }
 }
 
-/// Loads the object with the conntrack timeouts, the forwarding mode and
+/// Loads the object with the conntrack timeouts, the forwarding set-up and
 /// event limits baked in as constants.
 pub fn load(
     ct: &ConntrackConfig,
-    forwarding: Forwarding,
+    forwarding: &ForwardSetup,
     events: &EventLimits,
 ) -> Result<Ebpf, DataplaneError> {
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -67,7 +95,8 @@ pub fn load(
     // u64 in the kernel; from u32 so that burst * (1e9 / rate) cannot overflow.
     let per_sec = u64::from(events.per_sec);
     let burst = u64::from(events.burst.max(1));
-    let direct = u32::from(forwarding == Forwarding::Direct);
+    let direct = u32::from(forwarding.mode == Forwarding::Direct);
+    let [peer_in, peer_out] = forwarding.peer_ifindex;
     EbpfLoader::new()
         .override_global("CT_TCP_IDLE_NS", &tcp, true)
         .override_global("CT_TCP_CLOSING_NS", &closing, true)
@@ -76,6 +105,8 @@ pub fn load(
         .override_global("EVENTS_PER_SEC", &per_sec, true)
         .override_global("EVENTS_BURST", &burst, true)
         .override_global("DIRECT_FORWARD", &direct, true)
+        .override_global("PEER_IFINDEX_INGRESS", &peer_in, true)
+        .override_global("PEER_IFINDEX_EGRESS", &peer_out, true)
         .load(OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }

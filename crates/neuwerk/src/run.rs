@@ -61,6 +61,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ingress = %config.interfaces.ingress,
         egress = %config.interfaces.egress,
         forwarding = ?config.interfaces.forwarding,
+        // Veths whose other end is in another namespace get packets
+        // handed straight to it (bpf/lib/forward.h).
+        veth_handoff = ?dataplane.forwarding().peer_ifindex.map(|i| i != 0),
         "dataplane attached"
     );
     let store = Arc::new(GrantStore::new(dataplane.clone()));

@@ -1,6 +1,9 @@
 //! Forwarding of passed traffic. With `forwarding: direct` (the default)
 //! the programs route it and the kernel's IP forwarding path never counts
-//! it; with `kernel` the stack forwards every packet. Either way the TTL or
+//! it; as the node's interfaces here are veths with their other ends in
+//! other namespaces, the programs hand packets straight to those ends and
+//! the node's veths never transmit them. With `kernel` the stack forwards
+//! every packet. Either way the TTL or
 //! hop limit is decremented: a packet whose TTL runs out at the node is not
 //! forwarded, one with a hop left is.
 
@@ -52,6 +55,24 @@ fn stack_forwarded(topo: &Topology) -> u64 {
     v4 + v6
 }
 
+/// Packets the node's two veths have transmitted so far.
+fn node_transmitted(topo: &Topology) -> u64 {
+    [IF_INGRESS, IF_EGRESS]
+        .iter()
+        .map(|iface| {
+            let file = format!("/sys/class/net/{iface}/statistics/tx_packets");
+            let out = topo
+                .firewall_ns()
+                .exec("cat", &[&file])
+                .unwrap_or_else(|e| panic!("reading {file}: {e:#}"));
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{file}: {e}"))
+        })
+        .sum()
+}
+
 /// Starts neuwerk with `policy-static.yaml` and the given forwarding mode,
 /// and warms both echo targets up (neighbour entries resolved).
 fn start<'t>(topo: &'t Topology, forwarding: Option<&'static str>) -> Neuwerk<'t> {
@@ -66,28 +87,38 @@ fn start<'t>(topo: &'t Topology, forwarding: Option<&'static str>) -> Neuwerk<'t
     nw
 }
 
-/// How many of [`ROUND_TRIPS`] echo round trips per family the stack
-/// forwarded (each round trip is two packets).
-fn stack_share(topo: &Topology) -> u64 {
-    let before = stack_forwarded(topo);
+/// Of [`ROUND_TRIPS`] echo round trips per family (each two packets):
+/// how many packets the stack forwarded, and how many the node's veths
+/// transmitted.
+fn stack_share(topo: &Topology) -> (u64, u64) {
+    let (forwarded, transmitted) = (stack_forwarded(topo), node_transmitted(topo));
     for addr in echo_targets() {
         topo.client()
             .udp_echo_rtts(addr, ROUND_TRIPS, ALLOWED)
             .unwrap_or_else(|e| panic!("echo via {addr}: {e:#}"));
     }
-    stack_forwarded(topo) - before
+    (
+        stack_forwarded(topo) - forwarded,
+        node_transmitted(topo) - transmitted,
+    )
 }
 
 #[test]
 fn direct_forwarding_keeps_passed_packets_off_the_kernel_forwarding_path() {
     let topo = Topology::new();
     let nw = start(&topo, None);
-    let by_stack = stack_share(&topo);
+    let (by_stack, sent) = stack_share(&topo);
     // 800 packets crossed the node; a neighbour entry going stale may send
-    // a few through the stack, which resolves it again.
+    // a few through the stack, which resolves it again (and the node's
+    // own ARP and ND packets count as transmitted).
     assert!(
         by_stack < 20,
         "{by_stack} of {} packets went through the kernel's forwarding path",
+        4 * ROUND_TRIPS
+    );
+    assert!(
+        sent < 20,
+        "the node's veths transmitted {sent} of {} packets: not handed to their peers",
         4 * ROUND_TRIPS
     );
     nw.stop();
@@ -97,10 +128,15 @@ fn direct_forwarding_keeps_passed_packets_off_the_kernel_forwarding_path() {
 fn kernel_forwarding_sends_every_passed_packet_through_the_stack() {
     let topo = Topology::new();
     let nw = start(&topo, Some("kernel"));
-    let by_stack = stack_share(&topo);
+    let (by_stack, sent) = stack_share(&topo);
     assert!(
         by_stack >= 4 * ROUND_TRIPS as u64,
         "only {by_stack} of {} packets went through the kernel's forwarding path",
+        4 * ROUND_TRIPS
+    );
+    assert!(
+        sent >= 4 * ROUND_TRIPS as u64,
+        "the node's veths transmitted only {sent} of {} packets",
         4 * ROUND_TRIPS
     );
     nw.stop();
