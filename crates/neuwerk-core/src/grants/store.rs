@@ -208,6 +208,7 @@ impl<B: GrantBackend> GrantStore<B> {
         now_ns: Option<u64>,
     ) -> Vec<Result<(), GrantError>> {
         let mut inner = self.lock();
+        inner.prefetch(batches);
         // The grants to write now, and the batch of each.
         let mut to_write: Vec<&Grant> = Vec::new();
         let mut batch_of: Vec<usize> = Vec::new();
@@ -453,6 +454,18 @@ impl<B: GrantBackend> GrantStore<B> {
 }
 
 impl Inner {
+    /// Looks every grant's key up once before any is recorded. The lookups
+    /// do not depend on each other, so the CPU overlaps their cache misses
+    /// (the held map is far larger than the caches); recorded one by one,
+    /// each would wait for its own. That wait was the DNS path's largest
+    /// user-space cost.
+    fn prefetch(&self, batches: &[&[Grant]]) {
+        for g in batches.iter().flat_map(|b| b.iter()) {
+            let list = self.held.get(&(g.network.clone(), g.addr));
+            std::hint::black_box(list.map(|l| l.len()));
+        }
+    }
+
     /// Records one grant: a new name on its key, or a later deadline or
     /// other ports for a name already held. Returns whether its key must
     /// be written now: with `now_ns`, not when the key's kernel entry
