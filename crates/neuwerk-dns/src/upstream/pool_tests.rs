@@ -111,3 +111,24 @@ fn a_socket_error_fails_its_waiters_at_once() {
         );
     });
 }
+
+/// Each socket gets the larger receive buffer (the kernel reports twice
+/// what was set, capped at twice net.core.rmem_max).
+#[test]
+fn sockets_get_the_larger_receive_buffer() {
+    local(async {
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let slot = Slot::open(upstream.local_addr().unwrap()).unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let got = socket2::SockRef::from(slot.socket.socket())
+            .recv_buffer_size()
+            .unwrap();
+        assert_eq!(got, 2 * ANSWER_RECV_BUFFER.min(rmem_max));
+        slot.retired.set(true);
+        slot.drained.notify_one();
+    });
+}
