@@ -17,9 +17,10 @@ pub struct Interfaces {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Forwarding {
     /// The eBPF programs route it (the kernel's FIB, neighbour table and
-    /// MTU checks) and send it straight out of the other interface; the
-    /// kernel's IP forwarding path, and so its netfilter hooks, never see
-    /// it. Whatever they cannot settle (no route or neighbour yet, TTL
+    /// MTU checks) and send it straight out of the other interface (or,
+    /// for a veth whose other end is in another namespace, into that end);
+    /// the kernel's IP forwarding path, and so its netfilter hooks, never
+    /// see it. Whatever they cannot settle (no route or neighbour yet, TTL
     /// running out, too big, GSO packets) still goes through the stack.
     #[default]
     Direct,
