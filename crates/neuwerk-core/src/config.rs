@@ -10,7 +10,7 @@
 //!   min_ttl: 0s               # default 0s
 //!   max_ttl: 24h              # default 24h
 //!   deny_response: refused    # or nxdomain
-//!   workers: 0                # proxy threads; default 0: one per CPU, at most 4
+//!   workers: 0                # proxy threads; default 0: half the CPUs, at least 1
 //! policy:
 //!   file: policy.yaml         # relative to the config file's directory
 //!   audit: false              # default false
@@ -87,8 +87,8 @@ pub struct DnsConfig {
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     pub deny_response: DenyResponse,
-    /// Proxy threads, each with its own sockets; 0 means one per CPU, at
-    /// most four.
+    /// Proxy threads, each with its own sockets; 0 means half the CPUs
+    /// (at least one).
     pub workers: usize,
 }
 
