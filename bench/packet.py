@@ -16,7 +16,9 @@ measures, side by side:
   nftables_ct_only  conntrack on in the forward path, nothing filtered
              (rates only): what conntrack alone does to forwarded traffic.
 
-Per configuration: TCP throughput (iperf3, 1 and 4 streams), 64-byte UDP
+Per configuration: TCP throughput (iperf3, 1 and 4 streams, with the
+retransmitted segments and how many of them the receiver D-SACKed as
+duplicates, i.e. reordered rather than lost), 64-byte UDP
 packet rate (iperf3, packets received per second), UDP request/response
 latency (sockperf ping-pong, default and busy-polling on both ends; raw
 samples kept), new TCP connections per second (a connect/close loop). Beside
@@ -77,6 +79,16 @@ TC_EMPTY_FIGURES = ("tcp_1", "tcp_4", "udp_64")
 # The rates-only configurations measure these figures and no others.
 RATES_ONLY = {"tc_empty": TC_EMPTY_FIGURES, "neuwerk_kernel": TC_EMPTY_FIGURES,
               "nftables_ct_only": TC_EMPTY_FIGURES}
+
+
+def tcp_counters(ns) -> dict:
+    """The TcpExt counters of namespace `ns` (/proc/net/netstat is per namespace)."""
+    lines = C.ns_run(ns, ["cat", "/proc/net/netstat"]).stdout.splitlines()
+    out = {}
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            out.update(zip(names.split()[1:], map(int, values.split()[1:])))
+    return out
 
 
 class Bench(NeuwerkSteps):
@@ -214,11 +226,21 @@ class Bench(NeuwerkSteps):
         raise RuntimeError(f"iperf3 {args}: {d['error']}")
 
     def tcp(self, streams):
+        before = (tcp_counters(self.topo.client), tcp_counters(self.topo.up))
         d, cpu = self.iperf3(["-P", streams] if streams > 1 else [])
+        after = (tcp_counters(self.topo.client), tcp_counters(self.topo.up))
         e = d["end"]
+
+        def grew(side, key):
+            return after[side].get(key, 0) - before[side].get(key, 0)
+
         return {
             "gbit_s": round(e["sum_received"]["bits_per_second"] / 1e9, 3),
             "retransmits": e["sum_sent"].get("retransmits"),
+            # Retransmitted segments the receiver reported as duplicates (D-SACK):
+            # the original had arrived, late, so it was reordering, not loss.
+            "spurious_retransmits": grew(0, "TCPDSACKRecvSegs"),
+            "receiver_out_of_order": grew(1, "TCPOFOQueue"),
             "cpu": cpu,
         }
 

@@ -13,6 +13,8 @@ import statistics
 FIGURES = {
     "tcp_1_gbit_s": ("tcp_1", "gbit_s"),
     "tcp_4_gbit_s": ("tcp_4", "gbit_s"),
+    "tcp_4_retransmits": ("tcp_4", "retransmits"),
+    "tcp_4_spurious_retransmits": ("tcp_4", "spurious_retransmits"),
     "udp_64_pps": ("udp_64", "pps_received"),
     "conns_per_s": ("conns", "conns_per_s"),
     "latency_busy_p50_us": ("latency_busy", "rtt_us", "p50"),

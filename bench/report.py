@@ -265,6 +265,25 @@ def _throughput_row(title, n, f, spread, floor=None, kernel=None, ct_only=None):
     return f"| {title}: neuwerk ≥ 0.95 × baseline and ahead of nftables | {n} vs nftables {f}{noise} | {verdict} |"
 
 
+def _with_retransmits(row, s):
+    """The 4-stream row with each configuration's retransmissions appended to its measured cell:
+    how many there were, and the share the receiver reported as duplicates (reordering)."""
+    parts = []
+    for cfg, label in (("baseline", "baseline"), ("neuwerk", "neuwerk"), ("nftables", "nftables"),
+                       ("nftables_ct_only", "conntrack only")):
+        rt = _median(s, "tcp_4_retransmits", cfg)
+        sp = _median(s, "tcp_4_spurious_retransmits", cfg)
+        if rt:
+            share = f", {sp / rt:.0%} of them D-SACKed as spurious" if sp is not None else ""
+            parts.append(f"{label} {_fmt(round(rt))}{share}")
+    if not parts:
+        return row
+    note = ("; retransmitted segments per run (median): " + "; ".join(parts)
+            + " (a spurious one's original had arrived, only late: reordering, not loss)")
+    cells = row.rsplit(" | ", 1)
+    return cells[0] + note + " | " + cells[1]
+
+
 def _grant_verdict(gc, target_us=50):
     """The P99 lies in (lower, le]: met when le ≤ target; otherwise over by (lower - target,
     le - target] µs (the buckets have a bound at the target, so lower ≥ target then)."""
@@ -302,9 +321,12 @@ def targets_section(s, d):
                        ("udp_64_pps_ratio", "UDP 64-byte pps")):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
         if n is not None:
-            rows.append(_throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
-                                        ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel"),
-                                        ratio(key, "nftables_ct_only")))
+            row = _throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
+                                  ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel"),
+                                  ratio(key, "nftables_ct_only"))
+            if key == "tcp_4_gbit_s_ratio":
+                row = _with_retransmits(row, s)
+            rows.append(row)
     busy = ratio("latency_busy_p99_us_added", "neuwerk")
     if busy is not None:
         runs = (s.get("latency_busy_p99_us_added", {}).get("neuwerk") or {}).get("runs") or [busy]
