@@ -14,7 +14,10 @@ measures, side by side:
              stack forwards what the programs pass, instead of the programs
              themselves (rates only): what direct forwarding changes;
   nftables_ct_only  conntrack on in the forward path, nothing filtered
-             (rates only): what conntrack alone does to forwarded traffic.
+             (rates only): what conntrack alone does to forwarded traffic;
+  nftables_untracked  netfilter hooks with no conntrack: packets marked
+             untracked, then a few forward rules that match nothing (rates
+             only): what the hooks' per-packet time alone does.
 
 Per configuration: TCP throughput (iperf3, 1 and 4 streams, with the
 retransmitted segments and how many of them the receiver D-SACKed as
@@ -78,7 +81,7 @@ __all__ = [
 TC_EMPTY_FIGURES = ("tcp_1", "tcp_4", "udp_64")
 # The rates-only configurations measure these figures and no others.
 RATES_ONLY = {"tc_empty": TC_EMPTY_FIGURES, "neuwerk_kernel": TC_EMPTY_FIGURES,
-              "nftables_ct_only": TC_EMPTY_FIGURES}
+              "nftables_ct_only": TC_EMPTY_FIGURES, "nftables_untracked": TC_EMPTY_FIGURES}
 
 
 def tcp_counters(ns) -> dict:
@@ -362,6 +365,11 @@ class Bench(NeuwerkSteps):
         C.ns_run(self.topo.fw, ["nft", "-f", "-"], input=nft.conntrack_only_ruleset())
         return {"ruleset": "conntrack only: forward chain, policy accept, ct state established,related accept"}
 
+    def setup_untracked(self):
+        C.ns_run(self.topo.fw, ["nft", "-f", "-"], input=nft.untracked_ruleset())
+        return {"ruleset": f"untracked: raw prerouting notrack, {nft.UNTRACKED_RULES} forward rules "
+                           "that match nothing, policy accept"}
+
     def flowtable_unavailable(self):
         """Why nftables flowtables can't be used here (None: they can)."""
         probe = 'table inet nwprobe {\n  flowtable ft {\n    hook ingress priority filter\n    devices = { "nwi0" }\n  }\n}\n'
@@ -396,7 +404,8 @@ class Bench(NeuwerkSteps):
         C.ensure_built("neuwerk-bench", ["nw-synth-dns"])
         C.ensure_built("neuwerk", ["neuwerk"])
         t_start = time.monotonic()
-        configs = ["baseline", "neuwerk", "nftables", "tc_empty", "neuwerk_kernel", "nftables_ct_only"]
+        configs = ["baseline", "neuwerk", "nftables", "tc_empty", "neuwerk_kernel", "nftables_ct_only",
+                   "nftables_untracked"]
         notes = []
         res = {"quick": self.quick, "secs_per_figure": self.secs, "rounds": self.rounds,
                "hostname_rules": self.n_hosts, "static_rules": self.n_static, "configs": {},
@@ -429,6 +438,8 @@ class Bench(NeuwerkSteps):
                                 setup = self.setup_neuwerk(rnd)
                             elif c == "nftables_ct_only":
                                 setup = self.setup_conntrack_only()
+                            elif c == "nftables_untracked":
+                                setup = self.setup_untracked()
                             elif c.startswith("nftables"):
                                 setup = self.setup_nftables(flowtable=c.endswith("flowtable"))
                             elif c == "tc_empty":

@@ -80,6 +80,13 @@ def packet_section(p):
                 "`ct state established,related accept`: nothing filtered), measured in the same rounds: "
                 f"{ct_only} of plain forwarding. Where this is above plain forwarding, conntrack itself "
                 "(not filtering) is what moves the nftables figure."]
+    untracked = _rates(s, "nftables_untracked")
+    if untracked:
+        out += ["", "nftables hooks with no conntrack at all (raw prerouting `notrack`, then forward rules "
+                "that match nothing: they filter and track nothing, they only take time per packet), "
+                f"measured in the same rounds: {untracked} of plain forwarding. Where this is above plain "
+                "forwarding too, the nftables figure moves with the time netfilter spends per packet, "
+                "not with what it does."]
     floor = _rates(s, "tc_empty")
     if floor:
         out += ["", "An empty program on the hook neuwerk's client side uses (TCX ingress of the "
@@ -252,10 +259,15 @@ def _missed(*why):
     return "**missed**: " + "; ".join(why) if why else "met"
 
 
-def _throughput_row(title, n, f, spread, floor=None, kernel=None, ct_only=None):
+def _throughput_row(title, n, f, spread, controls):
+    """`controls`: the rates-only configurations' ratios, by name (None: not measured)."""
+    floor, kernel = controls.get("tc_empty"), controls.get("neuwerk_kernel")
+    ct_only, untracked = controls.get("nftables_ct_only"), controls.get("nftables_untracked")
     noise = f" (baseline itself moved {spread:.0%} between rounds)" if isinstance(spread, (int, float)) else ""
     if ct_only is not None:
         noise += f"; nftables with conntrack only, nothing filtered: {ct_only}"
+    if untracked is not None:
+        noise += f"; nftables rules that match nothing, no conntrack: {untracked}"
     if kernel is not None:
         noise += f"; neuwerk with `forwarding: kernel`: {kernel}"
     if floor is not None:
@@ -270,7 +282,7 @@ def _with_retransmits(row, s):
     how many there were, and the share the receiver reported as duplicates (reordering)."""
     parts = []
     for cfg, label in (("baseline", "baseline"), ("neuwerk", "neuwerk"), ("nftables", "nftables"),
-                       ("nftables_ct_only", "conntrack only")):
+                       ("nftables_ct_only", "conntrack only"), ("nftables_untracked", "untracked rules")):
         rt = _median(s, "tcp_4_retransmits", cfg)
         sp = _median(s, "tcp_4_spurious_retransmits", cfg)
         if rt:
@@ -321,9 +333,9 @@ def targets_section(s, d):
                        ("udp_64_pps_ratio", "UDP 64-byte pps")):
         n, f = ratio(key, "neuwerk"), ratio(key, "nftables")
         if n is not None:
-            row = _throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")),
-                                  ratio(key, "tc_empty"), ratio(key, "neuwerk_kernel"),
-                                  ratio(key, "nftables_ct_only"))
+            controls = {c: ratio(key, c) for c in ("tc_empty", "neuwerk_kernel", "nftables_ct_only",
+                                                   "nftables_untracked")}
+            row = _throughput_row(title, n, f, s.get(key.replace("_ratio", "_baseline_spread")), controls)
             if key == "tcp_4_gbit_s_ratio":
                 row = _with_retransmits(row, s)
             rows.append(row)
