@@ -103,6 +103,18 @@ pub(crate) fn read_query(b: &[u8]) -> Result<Parsed, ReadError> {
     Ok(parsed)
 }
 
+/// The question of a query we sent, from its start as an ICMP error
+/// quotes it (which may cut what follows the question); `None` unless it
+/// is a query with exactly one question.
+pub(crate) fn quoted_question(b: &[u8]) -> Option<Query> {
+    let mut d = BinDecoder::new(b);
+    let header = Header::read(&mut d).ok()?;
+    if wire::is_response(b) || header.counts.queries != 1 {
+        return None;
+    }
+    Query::read(&mut d).ok()
+}
+
 /// Length of the OPT record written here: root owner, no options.
 const OPT_LEN: usize = 11;
 
@@ -258,5 +270,19 @@ mod tests {
         let r = Message::from_vec(&error_reply(&b, &q, ResponseCode::NXDomain)).unwrap();
         assert_eq!(r.response_code, ResponseCode::NXDomain);
         assert!(r.edns.is_none());
+    }
+
+    #[test]
+    fn a_quote_cut_after_the_question_still_names_it() {
+        let b = client_query(Some(false));
+        let full = read(&b).unwrap();
+        // A quote that ends inside the OPT record.
+        let cut = &b[..full.question_end + 3];
+        assert_eq!(quoted_question(cut), Some(full.question.clone()));
+        // Cut inside the question, or not a query: nothing.
+        assert_eq!(quoted_question(&b[..full.question_end - 1]), None);
+        let mut response = b.clone();
+        response[2] |= 0x80;
+        assert_eq!(quoted_question(&response), None);
     }
 }

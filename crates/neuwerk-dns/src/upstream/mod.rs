@@ -15,6 +15,7 @@ use tracing::debug;
 use crate::message::{self, Parsed};
 use crate::wire::{self, HEADER_LEN};
 
+mod icmp;
 pub(crate) mod pool;
 
 pub(crate) use pool::{Pool, Reply, Waiting};

@@ -12,8 +12,9 @@
 //!   query finds no waiter, or a waiter whose question differs;
 //! - sockets are replaced after [`ROTATE_AFTER`] queries, so ports do not
 //!   stay fixed for the life of the process;
-//! - ICMP errors still arrive (a connected socket reports them), and fail
-//!   the queries waiting on that socket at once instead of at the timeout.
+//! - ICMP errors still arrive (a connected socket reports them), each with
+//!   the query it quotes ([`icmp`]): that query fails at once instead of at
+//!   the timeout, and the others waiting on the socket go on.
 //!
 //! The pool is per worker thread (`Rc`, `RefCell`): no locks, no wake-ups
 //! across threads.
@@ -37,9 +38,10 @@ use socket2::SockAddr;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
-use super::{accept, Answer, MAX_UDP_ANSWER};
+use super::{accept, icmp, Answer, MAX_UDP_ANSWER};
 use crate::batch::{self, RecvBatch};
 use crate::dgram::Datagrams;
+use crate::message;
 use crate::outbox::{self, Flush};
 use crate::wire;
 
@@ -150,6 +152,7 @@ impl Slot {
         };
         let socket = std::net::UdpSocket::bind(local)?;
         socket.connect(server)?;
+        icmp::enable(&socket, server.is_ipv6())?;
         // Best effort (capped by net.core.rmem_max), as for the listeners.
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(ANSWER_RECV_BUFFER);
         let socket = Datagrams::new(socket)?;
@@ -200,12 +203,37 @@ impl Slot {
         }
     }
 
-    /// The socket reported `err`: every query waiting on it fails now.
-    fn fail_all(&self, err: &io::Error) {
-        let failed: Vec<Waiter> = self.waiting.borrow_mut().drain().map(|(_, w)| w).collect();
-        for waiter in failed {
-            waiter.then.reply(Reply::Failed(err.kind()));
+    /// The socket reported `err`: each ICMP error queued on it fails the
+    /// waiting query it quotes; one that quotes none fails nothing (late,
+    /// stray or forged: the queries on the socket still get their answers,
+    /// or time out).
+    fn fail_reported(&self, err: &io::Error) {
+        let mut failed = Vec::new();
+        let read = icmp::drain(self.socket.as_raw_fd(), |quote, kind| {
+            match self.take_quoted(quote) {
+                Some(waiter) => failed.push((waiter, kind)),
+                None => debug!(error = ?kind, "ICMP error for no waiting query ignored"),
+            }
+        });
+        if read == 0 {
+            debug!(error = %err, "upstream socket error that names no query ignored");
         }
+        // Completed after the drain: completing may send on this socket.
+        for (waiter, kind) in failed {
+            waiter.then.reply(Reply::Failed(kind));
+        }
+    }
+
+    /// Takes out the waiter whose id and question `quote` (the start of a
+    /// query we sent) carries.
+    fn take_quoted(&self, quote: &[u8]) -> Option<Waiter> {
+        let question = message::quoted_question(quote)?;
+        let id = wire::id(quote);
+        let seq = match self.waiting.borrow().get(&id) {
+            Some(w) if *w.then.question() == question => w.seq,
+            _ => return None,
+        };
+        self.take(id, seq)
     }
 
     /// Takes the waiter of `id` out if it is still the query `seq`.
@@ -270,7 +298,7 @@ async fn receive(slot: Rc<Slot>, server: SocketAddr) {
                 }
                 Err(e) => {
                     debug!(%server, error = %e, "upstream socket error");
-                    slot.fail_all(&e);
+                    slot.fail_reported(&e);
                 }
             },
             () = slot.drained.notified() => {}

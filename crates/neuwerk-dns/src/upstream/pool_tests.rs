@@ -19,6 +19,13 @@ fn response(id: u16, q: &Query) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
+/// A query for `q` with `id`, as the proxy sends upstream.
+fn query(id: u16, q: &Query) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.add_query(q.clone());
+    m.to_vec().unwrap()
+}
+
 /// Runs `f` on a current-thread runtime inside a LocalSet, as workers do.
 fn local<F: std::future::Future<Output = ()>>(f: F) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -100,7 +107,7 @@ fn a_socket_error_fails_its_waiters_at_once() {
         let pool = Pool::new(port);
         let q = question("a.example.");
         let mut reg = pool.register(&q).unwrap();
-        reg.send(&response(reg.id(), &q)).await.unwrap();
+        reg.send(&query(reg.id(), &q)).await.unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(3), &mut reg.reply)
             .await
             .unwrap()
@@ -109,6 +116,82 @@ fn a_socket_error_fails_its_waiters_at_once() {
             matches!(reply, Reply::Failed(io::ErrorKind::ConnectionRefused)),
             "{reply:?}"
         );
+    });
+}
+
+/// An address where nothing listens (ICMP port unreachable on loopback).
+fn closed_port(ip: &str) -> std::net::SocketAddr {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `reg`'s query, once an upstream listens at `at`, is sent, read there
+/// and answered: it was still waiting.
+async fn answered_at(at: std::net::SocketAddr, reg: &mut Registration, q: &Query) {
+    let upstream = std::net::UdpSocket::bind(at).unwrap();
+    upstream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    reg.send(&query(reg.id(), q)).await.unwrap();
+    let mut buf = [0u8; 512];
+    let (_, from) = upstream.recv_from(&mut buf).unwrap();
+    upstream.send_to(&response(reg.id(), q), from).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(3), &mut reg.reply)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(reply, Reply::Answer(_)), "{reply:?}");
+}
+
+/// Lets the socket's receive task read what the kernel queued.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[test]
+fn an_icmp_error_fails_only_the_query_it_quotes() {
+    for ip in ["127.0.0.1", "::1"] {
+        local(async move {
+            let closed = closed_port(ip);
+            let pool = Pool::new(closed);
+            let (qa, qb) = (question("a.example."), question("b.example."));
+            let mut a = pool.register(&qa).unwrap();
+            let mut b = pool.register(&qb).unwrap();
+            assert!(Rc::ptr_eq(&a.slot, &b.slot), "both wait on one socket");
+            // Only `a` is sent, so only `a` draws (and is quoted by) an error.
+            a.send(&query(a.id(), &qa)).await.unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(3), &mut a.reply)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(reply, Reply::Failed(io::ErrorKind::ConnectionRefused)),
+                "{ip}: {reply:?}"
+            );
+            settle().await;
+            assert!(b.reply.try_recv().is_err(), "{ip}: `b` failed with `a`");
+            answered_at(closed, &mut b, &qb).await;
+        });
+    }
+}
+
+#[test]
+fn an_icmp_error_for_no_waiting_query_fails_nothing() {
+    local(async {
+        let closed = closed_port("127.0.0.1");
+        let pool = Pool::new(closed);
+        let (qa, qb) = (question("a.example."), question("b.example."));
+        let a = pool.register(&qa).unwrap();
+        a.send(&query(a.id(), &qa)).await.unwrap();
+        // Gone before its error is read (answered or timed out, say): the
+        // error comes too late, or was forged, and names nobody waiting.
+        drop(a);
+        let mut b = pool.register(&qb).unwrap();
+        settle().await;
+        assert!(b.reply.try_recv().is_err(), "a stray error failed `b`");
+        answered_at(closed, &mut b, &qb).await;
     });
 }
 
