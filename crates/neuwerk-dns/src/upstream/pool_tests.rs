@@ -99,24 +99,25 @@ fn sockets_rotate_to_fresh_ports_and_old_ones_close_when_idle() {
 #[test]
 fn a_socket_error_fails_its_waiters_at_once() {
     local(async {
-        // Nothing listens there: ICMP port unreachable on loopback.
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let pool = Pool::new(port);
+        let pool = Pool::new(closed_port("127.0.0.1"));
         let q = question("a.example.");
         let mut reg = pool.register(&q).unwrap();
-        reg.send(&query(reg.id(), &q)).await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(3), &mut reg.reply)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            matches!(reply, Reply::Failed(io::ErrorKind::ConnectionRefused)),
-            "{reply:?}"
-        );
+        sent_and_refused(&mut reg, &q).await;
     });
+}
+
+/// Sends `reg`'s query where nothing listens: it fails at once, with the
+/// error the ICMP port unreachable stands for.
+async fn sent_and_refused(reg: &mut Registration, q: &Query) {
+    reg.send(&query(reg.id(), q)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(3), &mut reg.reply)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(reply, Reply::Failed(io::ErrorKind::ConnectionRefused)),
+        "{reply:?}"
+    );
 }
 
 /// An address where nothing listens (ICMP port unreachable on loopback).
@@ -127,9 +128,15 @@ fn closed_port(ip: &str) -> std::net::SocketAddr {
         .unwrap()
 }
 
-/// `reg`'s query, once an upstream listens at `at`, is sent, read there
-/// and answered: it was still waiting.
-async fn answered_at(at: std::net::SocketAddr, reg: &mut Registration, q: &Query) {
+/// `reg`'s query still waits once the socket's receive task has read what
+/// the kernel queued, and, once an upstream listens at `at`, is sent, read
+/// there and answered.
+async fn still_waits_then_answered(at: std::net::SocketAddr, reg: &mut Registration, q: &Query) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        reg.reply.try_recv().is_err(),
+        "another query's error failed it"
+    );
     let upstream = std::net::UdpSocket::bind(at).unwrap();
     upstream
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -145,11 +152,6 @@ async fn answered_at(at: std::net::SocketAddr, reg: &mut Registration, q: &Query
     assert!(matches!(reply, Reply::Answer(_)), "{reply:?}");
 }
 
-/// Lets the socket's receive task read what the kernel queued.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 #[test]
 fn an_icmp_error_fails_only_the_query_it_quotes() {
     for ip in ["127.0.0.1", "::1"] {
@@ -161,18 +163,8 @@ fn an_icmp_error_fails_only_the_query_it_quotes() {
             let mut b = pool.register(&qb).unwrap();
             assert!(Rc::ptr_eq(&a.slot, &b.slot), "both wait on one socket");
             // Only `a` is sent, so only `a` draws (and is quoted by) an error.
-            a.send(&query(a.id(), &qa)).await.unwrap();
-            let reply = tokio::time::timeout(Duration::from_secs(3), &mut a.reply)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(
-                matches!(reply, Reply::Failed(io::ErrorKind::ConnectionRefused)),
-                "{ip}: {reply:?}"
-            );
-            settle().await;
-            assert!(b.reply.try_recv().is_err(), "{ip}: `b` failed with `a`");
-            answered_at(closed, &mut b, &qb).await;
+            sent_and_refused(&mut a, &qa).await;
+            still_waits_then_answered(closed, &mut b, &qb).await;
         });
     }
 }
@@ -189,9 +181,7 @@ fn an_icmp_error_for_no_waiting_query_fails_nothing() {
         // error comes too late, or was forged, and names nobody waiting.
         drop(a);
         let mut b = pool.register(&qb).unwrap();
-        settle().await;
-        assert!(b.reply.try_recv().is_err(), "a stray error failed `b`");
-        answered_at(closed, &mut b, &qb).await;
+        still_waits_then_answered(closed, &mut b, &qb).await;
     });
 }
 
