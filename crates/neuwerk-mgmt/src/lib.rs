@@ -19,6 +19,7 @@
 
 pub mod bus;
 pub mod client;
+pub mod histogram;
 pub mod metrics;
 pub mod model;
 pub mod server;

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
 use prometheus_client::collector::Collector;
@@ -17,11 +19,11 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::histogram::DurationHistogram;
 use crate::model::{DnsCount, GrantCount, KernelStats};
 
 /// Histogram buckets for DNS latencies: 50 µs (a cached or denied answer)
@@ -110,27 +112,32 @@ struct ResultLabel {
 }
 
 /// The series of one network, created once so the query path only looks
-/// a name up and bumps atomics.
+/// a name up and bumps atomics. Clones share the series.
+#[derive(Clone)]
 struct NetHandles {
     dns: [Counter; 6],
     learned: Counter,
 }
 
-/// The daemon's metrics. Cheap to call from the DNS path: a query costs a
-/// read-locked map lookup by `&str`, an atomic add and up to three histogram
-/// observations, and allocates only the first time a network is seen.
+/// The daemon's metrics. Cheap to call from the DNS path, from any number of
+/// worker threads: a query costs a map lookup by `&str` in a snapshot
+/// (no lock), an atomic add and up to three histogram observations (atomic
+/// adds), and allocates and locks only the first time a network is seen.
 pub struct Metrics {
     registry: Registry,
     dns_queries: Family<DnsLabels, Counter>,
     grants_learned: Family<NetworkLabel, Counter>,
-    dns_duration: Histogram,
-    upstream_duration: Histogram,
-    grant_commit: Histogram,
+    dns_duration: DurationHistogram,
+    upstream_duration: DurationHistogram,
+    grant_commit: DurationHistogram,
     reload_ok: Counter,
     reload_failed: Counter,
     generation: Gauge<u64, AtomicU64>,
-    /// By network name; `""` is "no network".
-    networks: RwLock<HashMap<Arc<str>, NetHandles>>,
+    /// By network name; `""` is "no network". Replaced whole when a
+    /// network is first seen (rare), so readers never wait.
+    networks: ArcSwap<HashMap<Arc<str>, NetHandles>>,
+    /// Serialises those replacements.
+    adding: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,21 +156,21 @@ impl Metrics {
             "DNS queries by client network and result",
             dns_queries.clone(),
         );
-        let dns_duration = Histogram::new(DNS_BUCKETS);
+        let dns_duration = DurationHistogram::new(&DNS_BUCKETS);
         registry.register_with_unit(
             "neuwerk_dns_duration",
             "From receiving a DNS query to its reply being ready",
             Unit::Seconds,
             dns_duration.clone(),
         );
-        let upstream_duration = Histogram::new(DNS_BUCKETS);
+        let upstream_duration = DurationHistogram::new(&DNS_BUCKETS);
         registry.register_with_unit(
             "neuwerk_dns_upstream_duration",
             "Time spent waiting for upstream resolvers, per query that asked one",
             Unit::Seconds,
             upstream_duration.clone(),
         );
-        let grant_commit = Histogram::new(GRANT_COMMIT_BUCKETS);
+        let grant_commit = DurationHistogram::new(&GRANT_COMMIT_BUCKETS);
         registry.register_with_unit(
             "neuwerk_grant_commit",
             "From an allowed upstream answer being read to its grants being in the kernel map",
@@ -203,20 +210,21 @@ impl Metrics {
             reload_ok: reloads.get_or_create_owned(&ResultLabel { result: "ok" }),
             reload_failed: reloads.get_or_create_owned(&ResultLabel { result: "failed" }),
             generation,
-            networks: RwLock::new(HashMap::new()),
+            networks: ArcSwap::default(),
+            adding: Mutex::new(()),
         }
     }
 
     /// Runs `f` on the handles of `network`, creating them on first use.
     fn with_network<R>(&self, network: &str, f: impl FnOnce(&NetHandles) -> R) -> R {
-        {
-            let map = self.networks.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(h) = map.get(network) {
-                return f(h);
-            }
+        if let Some(h) = self.networks.load().get(network) {
+            return f(h);
         }
-        let mut map = self.networks.write().unwrap_or_else(|p| p.into_inner());
-        let h = map.entry(Arc::from(network)).or_insert_with_key(|name| {
+        let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have added it while this one waited.
+        let mut map = HashMap::clone(&self.networks.load());
+        let name: Arc<str> = Arc::from(network);
+        let h = map.entry(name.clone()).or_insert_with(|| {
             let dns = RESULTS.map(|r| {
                 self.dns_queries.get_or_create_owned(&DnsLabels {
                     network: name.clone(),
@@ -228,7 +236,9 @@ impl Metrics {
             });
             NetHandles { dns, learned }
         });
-        f(h)
+        let out = f(h);
+        self.networks.store(Arc::new(map));
+        out
     }
 
     /// Creates `network`'s DNS and grant series at 0, so they are exported
@@ -262,7 +272,7 @@ impl Metrics {
 
     /// DNS queries so far per (network, result), non-zero only, sorted.
     pub fn dns_counts(&self) -> Vec<DnsCount> {
-        let map = self.networks.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.networks.load();
         let mut out: Vec<DnsCount> = map
             .iter()
             .flat_map(|(name, h)| {
@@ -302,12 +312,12 @@ impl DnsObserver for Metrics {
         self.with_network(q.network.unwrap_or(""), |h| {
             h.dns[result_index(q.result)].inc();
         });
-        self.dns_duration.observe(q.total.as_secs_f64());
+        self.dns_duration.observe(q.total);
         if let Some(u) = q.upstream {
-            self.upstream_duration.observe(u.as_secs_f64());
+            self.upstream_duration.observe(u);
         }
         if let Some(g) = q.grant_commit {
-            self.grant_commit.observe(g.as_secs_f64());
+            self.grant_commit.observe(g);
         }
     }
 }
