@@ -31,8 +31,11 @@ use smallvec::SmallVec;
 use super::{Grant, GrantBackend, GrantError, GrantSink};
 use crate::policy::PortSet;
 
+#[path = "store_shards.rs"]
+mod shards;
 #[path = "store_write.rs"]
 mod write;
+use shards::Shards;
 use write::{distinct_keys, each_key_once, write_key, write_keys};
 
 /// A grant as held for one (network, address), by queried name.
@@ -91,8 +94,9 @@ const RETAIN_BATCH: usize = 256;
 #[derive(Default)]
 struct Inner {
     /// Addresses come from DNS answers: a fast hasher, but seeded, so that
-    /// outsiders cannot pick colliding keys.
-    held: HashMap<Key, HeldList, RandomState>,
+    /// outsiders cannot pick colliding keys. In shards, so that growing it
+    /// never stalls the DNS path for long.
+    held: Shards<Key, HeldList>,
     /// One live entry per held grant, at its `due_ns`, soonest first; plus
     /// stale ones (of grants revoked since) until they come up.
     due: BinaryHeap<Due>,
