@@ -476,7 +476,7 @@ impl Inner {
     /// allows the grant's ports until [`REFRESH_MARGIN_NS`] from now or
     /// later; the key is then due in [`Inner::refresh`] that long before.
     fn record(&mut self, g: &Grant, now_ns: Option<u64>) -> bool {
-        let list = self.held.entry((g.network.clone(), g.addr)).or_default();
+        let list = self.held.get_or_default((g.network.clone(), g.addr));
         // Lagging already: its refresh is due, at the time this one would
         // get (it depends only on what was written, unchanged since).
         let lagged = lags(list);
