@@ -234,5 +234,6 @@ mod tests {
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(worker_count(0), (cpus / 2).max(1));
         assert_eq!(worker_count(3), 3);
+        assert_eq!(worker_count(64), 64);
     }
 }

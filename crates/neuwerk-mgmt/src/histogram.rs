@@ -5,7 +5,8 @@
 //! keeps a count per bucket and the sum in nanoseconds as atomics, and is
 //! encoded through prometheus-client like its own (same text, same type).
 //! A scrape reads the atomics one by one, so it may see an observation in
-//! its bucket and not yet in the sum: off by one query at most, never torn.
+//! its bucket and not yet in the sum: off by the observations in flight
+//! during the read, never torn.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
