@@ -15,6 +15,7 @@ FIGURES = {
     "tcp_4_gbit_s": ("tcp_4", "gbit_s"),
     "tcp_4_retransmits": ("tcp_4", "retransmits"),
     "tcp_4_spurious_retransmits": ("tcp_4", "spurious_retransmits"),
+    "tcp_4_receiver_out_of_order": ("tcp_4", "receiver_out_of_order"),
     "udp_64_pps": ("udp_64", "pps_received"),
     "conns_per_s": ("conns", "conns_per_s"),
     "latency_busy_p50_us": ("latency_busy", "rtt_us", "p50"),

@@ -279,19 +279,23 @@ def _throughput_row(title, n, f, spread, controls):
 
 def _with_retransmits(row, s):
     """The 4-stream row with each configuration's retransmissions appended to its measured cell:
-    how many there were, and the share the receiver reported as duplicates (reordering)."""
+    how many there were, the share the receiver reported as duplicates (reordering), and how
+    often the receiver queued a segment that came out of order."""
     parts = []
     for cfg, label in (("baseline", "baseline"), ("neuwerk", "neuwerk"), ("nftables", "nftables"),
                        ("nftables_ct_only", "conntrack only"), ("nftables_untracked", "untracked rules")):
         rt = _median(s, "tcp_4_retransmits", cfg)
         sp = _median(s, "tcp_4_spurious_retransmits", cfg)
+        ofo = _median(s, "tcp_4_receiver_out_of_order", cfg)
         if rt:
             share = f", {sp / rt:.0%} of them D-SACKed as spurious" if sp is not None else ""
-            parts.append(f"{label} {_fmt(round(rt))}{share}")
+            late = f", receiver queued {_fmt(round(ofo))} out of order" if ofo is not None else ""
+            parts.append(f"{label} {_fmt(round(rt))}{share}{late}")
     if not parts:
         return row
     note = ("; retransmitted segments per run (median): " + "; ".join(parts)
-            + " (a spurious one's original had arrived, only late: reordering, not loss)")
+            + " (a spurious one's original had arrived, only late: reordering, not loss;"
+            + " out of order: segments the receiver held for a gap before it)")
     cells = row.rsplit(" | ", 1)
     return cells[0] + note + " | " + cells[1]
 
