@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use smallvec::SmallVec;
 
 use crate::message;
 use crate::wire::{self, Section, WireError};
@@ -36,13 +37,17 @@ pub(crate) enum AnswerError {
     Encode(#[from] hickory_proto::ProtoError),
 }
 
+/// Addresses one answer usually carries at most: up to this many are
+/// held inline, so an answer's addresses cost no allocation.
+const INLINE_ADDRS: usize = 4;
+
 /// The addresses learned from an answer, each once, with the TTL in
 /// seconds of its record (`ttls[i]` is `addrs[i]`'s). Kept apart so that
 /// the addresses can be lent out as a slice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Learned {
-    pub addrs: Vec<IpAddr>,
-    pub ttls: Vec<u32>,
+    pub addrs: SmallVec<[IpAddr; INLINE_ADDRS]>,
+    pub ttls: SmallVec<[u32; INLINE_ADDRS]>,
 }
 
 impl Learned {
@@ -311,8 +316,10 @@ mod tests {
         assert_eq!(
             got,
             Learned {
-                addrs: vec![[192, 0, 2, 1].into(), Ipv6Addr::LOCALHOST.into()],
-                ttls: vec![60, 20],
+                addrs: [[192, 0, 2, 1].into(), Ipv6Addr::LOCALHOST.into()]
+                    .into_iter()
+                    .collect(),
+                ttls: [60, 20].into_iter().collect(),
             }
         );
     }
@@ -340,7 +347,7 @@ mod tests {
         recs.push(a("n3.test.", 5, [10, 0, 0, 3]));
         let bytes = response("n0.test.", recs).to_vec().unwrap();
         let got = chain_addresses(&bytes, &name("n0.test."));
-        assert_eq!(got.addrs, vec![IpAddr::from([10, 0, 0, 3])]);
+        assert_eq!(got.addrs[..], [IpAddr::from([10, 0, 0, 3])]);
     }
 
     fn view(edns_payload: Option<u16>, udp: bool) -> ClientView {

@@ -11,16 +11,22 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// Something with deferred work: answers to learn, or datagrams to send.
+/// Something with datagrams to send.
 pub(crate) trait Flush {
-    /// Does everything deferred.
+    /// Sends everything queued.
     fn flush(self: Rc<Self>);
+}
+
+/// Something with answers to learn.
+pub(crate) trait Learn {
+    /// Learns the answers held back, which queues their replies.
+    fn learn(self: Rc<Self>);
 }
 
 thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
-    /// Flushed first: their flush queues replies.
-    static LEARNING: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
+    /// Run first: learning queues replies.
+    static LEARNING: RefCell<Vec<Rc<dyn Learn>>> = const { RefCell::new(Vec::new()) };
     static QUEUED: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -44,13 +50,35 @@ pub(crate) fn queued(socket: Rc<dyn Flush>) {
 }
 
 /// Registers something whose answers-to-learn just became non-empty.
-pub(crate) fn learning(learner: Rc<dyn Flush>) {
+pub(crate) fn learning(learner: Rc<dyn Learn>) {
     LEARNING.with(|q| q.borrow_mut().push(learner));
 }
 
-/// Takes the registered list, if any.
-fn take(list: &'static std::thread::LocalKey<RefCell<Vec<Rc<dyn Flush>>>>) -> Vec<Rc<dyn Flush>> {
-    list.with(|q| std::mem::take(&mut *q.borrow_mut()))
+/// Puts a queue's buffer, emptied, back in `slot` for the next batch
+/// (unless the slot got entries of its own meanwhile): a batch's
+/// bookkeeping allocates nothing once the first batches have sized it.
+pub(crate) fn give_back<T>(slot: &RefCell<Vec<T>>, mut buf: Vec<T>) {
+    buf.clear();
+    let mut slot = slot.borrow_mut();
+    if slot.is_empty() {
+        *slot = buf;
+    }
+}
+
+/// Runs `each` on every entry of the registered `list` (entries registered
+/// meanwhile wait for the next call), then hands the emptied buffer back.
+/// Returns whether there was any entry.
+fn run_each<T: ?Sized>(
+    list: &'static std::thread::LocalKey<RefCell<Vec<Rc<T>>>>,
+    each: impl Fn(Rc<T>),
+) -> bool {
+    let mut taken = list.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    if taken.is_empty() {
+        return false;
+    }
+    taken.drain(..).for_each(each);
+    list.with(|q| give_back(q, taken));
+    true
 }
 
 /// Closes one level of scope when dropped, even if a flush panics (the
@@ -70,13 +98,10 @@ impl Drop for Scope {
             // Still open while flushing: what a flush defers goes in the
             // next round. Learning first: it queues replies.
             loop {
-                let learners = take(&LEARNING);
-                learners.into_iter().for_each(Flush::flush);
-                let sockets = take(&QUEUED);
-                if sockets.is_empty() {
+                run_each(&LEARNING, Learn::learn);
+                if !run_each(&QUEUED, Flush::flush) {
                     break;
                 }
-                sockets.into_iter().for_each(Flush::flush);
             }
         }
     }

@@ -6,16 +6,17 @@
 //! exists only once its grants are in the kernel map (the client's first
 //! packet to an address must never race its grant).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use neuwerk_core::grants::{Grant, GrantError};
 use neuwerk_core::time::monotonic_ns;
+use smallvec::{smallvec, SmallVec};
 
 use super::observe::{Facts, Outcome};
 use super::{Ask, Forward, Handler};
 use crate::answer::{self, Learned};
+use crate::batch::BATCH;
 use crate::listen::Query;
 use crate::message;
 use crate::upstream::{Answer, ResolveError};
@@ -90,21 +91,22 @@ impl Handler {
             fwd.facts.upstream = Some(back.saturating_duration_since(fwd.asked));
             it.step = Some(self.relay(&fwd.ask, &fwd.query, resolved, now, &mut fwd.facts));
         }
-        let batches: Vec<&[Grant]> = items
+        let batches: SmallVec<[&[Grant]; BATCH]> = items
             .iter()
             .filter_map(|it| match &it.step {
                 Some(Step::Learn(t)) => Some(&t.grants[..]),
                 _ => None,
             })
             .collect();
-        let mut learned = match batches.len() {
-            0 => Vec::new(),
+        let learned: SmallVec<[Result<(), GrantError>; 1]> = match batches.len() {
+            0 => SmallVec::new(),
             // `learn` allocates nothing for its bookkeeping; most batches
             // at a moderate rate hold one answer.
-            1 => vec![self.grants.learn(batches[0], now)],
-            _ => self.grants.learn_many(&batches, now),
-        }
-        .into_iter();
+            1 => smallvec![self.grants.learn(batches[0], now)],
+            _ => self.grants.learn_many(&batches, now).into(),
+        };
+        drop(batches);
+        let mut learned = learned.into_iter();
         // The grants are in the map: the commit and the query end here.
         let committed = Instant::now();
         for it in items.iter_mut() {
@@ -166,7 +168,7 @@ impl Handler {
         };
         let grants = match (&ask.grant_to, learned.is_empty()) {
             (Some((network, ports)), false) => {
-                let hostname: Arc<str> = facts.name.as_str().into();
+                let hostname = facts.name.clone();
                 learned
                     .addrs
                     .iter()

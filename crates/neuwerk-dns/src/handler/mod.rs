@@ -232,7 +232,7 @@ impl Handler {
                 true
             }
             None => {
-                facts.name = name.to_ascii();
+                facts.name = name.to_ascii().into();
                 false
             }
         };
@@ -264,28 +264,36 @@ impl Handler {
     }
 }
 
+/// Longest name in text form: a name is at most 255 bytes on the wire.
+const MAX_NAME_TEXT: usize = 255;
+
 /// The name as policy rules see it: lowercase, no trailing dot. `None` for
 /// the root and for labels with bytes outside `[A-Za-z0-9_-]`: no policy
 /// hostname contains them, and a `.` inside a label would let a name pass
-/// for another one once written as text.
-fn policy_name(name: &Name) -> Option<String> {
+/// for another one once written as text. Built on the stack: the one
+/// allocation is the shared string the query's grants carry.
+fn policy_name(name: &Name) -> Option<Arc<str>> {
     if name.is_root() {
         return None;
     }
-    let mut s = String::with_capacity(name.len());
+    let mut buf = [0u8; MAX_NAME_TEXT];
+    let mut len = 0;
     for label in name.iter() {
-        if !s.is_empty() {
-            s.push('.');
+        if len > 0 {
+            *buf.get_mut(len)? = b'.';
+            len += 1;
         }
         for &c in label {
-            match c {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => s.push(c as char),
-                b'A'..=b'Z' => s.push(c.to_ascii_lowercase() as char),
+            *buf.get_mut(len)? = match c {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => c,
+                b'A'..=b'Z' => c.to_ascii_lowercase(),
                 _ => return None,
-            }
+            };
+            len += 1;
         }
     }
-    Some(s)
+    // Only ASCII was written.
+    std::str::from_utf8(&buf[..len]).ok().map(Arc::from)
 }
 
 #[cfg(test)]

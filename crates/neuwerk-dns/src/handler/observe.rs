@@ -70,7 +70,7 @@ pub(crate) struct Facts {
     pub(crate) network: Option<Arc<str>>,
     /// The name as policy sees it, or as received (escaped) when policy
     /// cannot read it.
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) qtype: Option<RecordType>,
     /// The query would have been denied for this reason, and was forwarded
     /// (learning nothing) because the client's network audits.
@@ -119,7 +119,7 @@ pub(crate) fn observe(
     let peer = query.peer;
     let transport = query.transport;
     let network = facts.network.as_deref().unwrap_or("-");
-    let name = facts.name.as_str();
+    let name = &*facts.name;
     if let Some(reason) = facts.audit {
         let reason = reason.name();
         info!(%client, network, name, qtype, reason, ?transport, "query audit-denied: forwarded, nothing learned");

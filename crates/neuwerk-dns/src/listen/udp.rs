@@ -18,6 +18,7 @@ use bytes::Bytes;
 use hickory_proto::op::Query as Question;
 use std::os::fd::AsRawFd;
 
+use smallvec::SmallVec;
 use socket2::SockAddr;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -26,7 +27,7 @@ use super::Query;
 use crate::batch::{self, RecvBatch};
 use crate::dgram::Datagrams;
 use crate::handler::{Begin, Finish, Forward, Handler};
-use crate::outbox::{self, Flush};
+use crate::outbox::{self, Flush, Learn};
 use crate::upstream::{Answer, Reply, ResolveError, Resume, Upstreams, Waiting};
 use crate::Transport;
 
@@ -149,7 +150,7 @@ impl Listener {
         if outbox::deferring() {
             let mut learning = self.learning.borrow_mut();
             if learning.is_empty() {
-                outbox::learning(Rc::new(Learn(self.clone())));
+                outbox::learning(self.clone());
             }
             learning.push(item);
             return;
@@ -204,20 +205,19 @@ impl Listener {
     }
 }
 
-/// A listener's answers of one batch, learned together when it ends.
-struct Learn(Rc<Listener>);
-
-impl Flush for Learn {
-    fn flush(self: Rc<Self>) {
-        let mut items = std::mem::take(&mut *self.0.learning.borrow_mut());
-        self.0.answer(&mut items);
+impl Learn for Listener {
+    /// The answers of one batch, learned together when it ends.
+    fn learn(self: Rc<Self>) {
+        let mut items = std::mem::take(&mut *self.learning.borrow_mut());
+        self.answer(&mut items);
+        outbox::give_back(&self.learning, items);
     }
 }
 
 impl Flush for Listener {
     fn flush(self: Rc<Self>) {
         let queue = std::mem::take(&mut *self.outbox.borrow_mut());
-        let msgs: Vec<(&[u8], Option<&SockAddr>)> =
+        let msgs: SmallVec<[(&[u8], Option<&SockAddr>); batch::BATCH]> =
             queue.iter().map(|(r, to)| (&r[..], Some(to))).collect();
         let mut unsent = Vec::new();
         batch::send_all(self.socket.as_raw_fd(), &msgs, |i, e| unsent.push((i, e)));
@@ -227,6 +227,8 @@ impl Flush for Listener {
                 self.unsent(reply.clone(), peer, e);
             }
         }
+        drop(msgs);
+        outbox::give_back(&self.outbox, queue);
     }
 }
 

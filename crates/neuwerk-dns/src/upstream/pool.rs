@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::Query;
 use std::os::fd::AsRawFd;
 
+use smallvec::SmallVec;
 use socket2::SockAddr;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
@@ -258,7 +259,7 @@ impl Flush for Slot {
         let mut unsent = Vec::new();
         {
             let waiting = self.waiting.borrow();
-            let sendable: Vec<(u16, u64, &[u8])> = queue
+            let sendable: SmallVec<[(u16, u64, &[u8]); batch::BATCH]> = queue
                 .iter()
                 .filter_map(|&(id, seq)| match waiting.get(&id) {
                     Some(Waiter {
@@ -268,12 +269,13 @@ impl Flush for Slot {
                     _ => None,
                 })
                 .collect();
-            let msgs: Vec<(&[u8], Option<&SockAddr>)> =
+            let msgs: SmallVec<[(&[u8], Option<&SockAddr>); batch::BATCH]> =
                 sendable.iter().map(|&(_, _, b)| (b, None)).collect();
             batch::send_all(self.socket.as_raw_fd(), &msgs, |i, e| {
                 unsent.push((sendable[i].0, sendable[i].1, e.kind()));
             });
         }
+        outbox::give_back(&self.outbox, queue);
         for (id, seq, kind) in unsent {
             if let Some(waiter) = self.take(id, seq) {
                 waiter.then.reply(Reply::Failed(kind));
