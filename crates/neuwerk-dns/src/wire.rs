@@ -55,6 +55,48 @@ pub(crate) fn qdcount(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[4], b[5]])
 }
 
+/// The TC bit.
+pub(crate) fn is_truncated(b: &[u8]) -> bool {
+    b[2] & 0x02 != 0
+}
+
+/// The header's 4-bit RCODE (an OPT record may extend it).
+pub(crate) fn rcode_low(b: &[u8]) -> u8 {
+    b[3] & 0x0f
+}
+
+/// Whether `msg` asks `sent`'s question, `sent` being a message the proxy
+/// wrote (one question, its name uncompressed): one question, the same
+/// labels up to ASCII case (RFC 4343), type and class. Ids and flags are
+/// not compared; nothing is decoded, and a compressed name never matches.
+/// `msg` may end right after its question (an ICMP error's quote).
+pub(crate) fn same_question(msg: &[u8], sent: &[u8]) -> bool {
+    if msg.len() < HEADER_LEN || sent.len() < HEADER_LEN {
+        return false;
+    }
+    if qdcount(msg) != 1 || qdcount(sent) != 1 {
+        return false;
+    }
+    let mut at = HEADER_LEN;
+    // A name is at most 255 bytes, so at most 128 labels: bounded loop.
+    for _ in 0..128 {
+        let Some(&len) = sent.get(at) else {
+            return false;
+        };
+        if len & 0xc0 != 0 || msg.get(at) != Some(&len) {
+            return false;
+        }
+        // The root label: type and class follow.
+        let end = at + 1 + if len == 0 { 4 } else { len as usize };
+        match (msg.get(at + 1..end), sent.get(at + 1..end)) {
+            (Some(a), Some(b)) if len == 0 => return a == b,
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => at = end,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn set_count(b: &mut [u8], index: usize, n: u16) {
     let at = 4 + 2 * index;
     b[at..at + 2].copy_from_slice(&n.to_be_bytes());
@@ -231,6 +273,38 @@ mod tests {
         assert_eq!(skip_name(&b, 7), Err(WireError::BadLabel(7)));
         assert_eq!(skip_name(&b[..3], 0), Err(WireError::Short(4)));
         assert_eq!(skip_name(&[0xc0], 0), Err(WireError::Short(0)));
+    }
+
+    /// A message with id 0, the given flags byte, and one question.
+    fn with_question(flags: u8, name: &[u8], qtype: u8) -> Vec<u8> {
+        let mut b = vec![0, 0, flags, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        b.extend_from_slice(name);
+        b.extend_from_slice(&[0, qtype, 0, 1]);
+        b
+    }
+
+    #[test]
+    fn same_question_ignores_case_only() {
+        let sent = with_question(0x01, b"\x03www\x07Example\x00", 1);
+        let same = with_question(0x81, b"\x03WwW\x07example\x00", 1);
+        assert!(same_question(&same, &sent));
+        // Cut after the question (as an ICMP error may quote it): still it.
+        assert!(same_question(&sent[..sent.len()], &sent));
+        assert!(!same_question(&sent[..sent.len() - 1], &sent));
+        // Another name, another type, a longer name, a compressed one.
+        for other in [
+            with_question(0x81, b"\x03www\x07exampla\x00", 1),
+            with_question(0x81, b"\x03www\x07example\x00", 28),
+            with_question(0x81, b"\x03www\x07example\x03com\x00", 1),
+            with_question(0x81, b"\x03www\xc0\x0c", 1),
+        ] {
+            assert!(!same_question(&other, &sent), "{other:?}");
+        }
+        // Two questions.
+        let mut two = same.clone();
+        two[5] = 2;
+        assert!(!same_question(&two, &sent));
+        assert!(!same_question(&sent[..HEADER_LEN - 1], &sent));
     }
 
     #[test]

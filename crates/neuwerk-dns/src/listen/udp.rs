@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hickory_proto::op::Query as Question;
 use std::os::fd::AsRawFd;
 
 use smallvec::SmallVec;
@@ -242,10 +241,6 @@ struct Pending {
 }
 
 impl Waiting for Pending {
-    fn question(&self) -> &Question {
-        &self.fwd.ask.request.question
-    }
-
     fn wire(&mut self) -> &mut [u8] {
         &mut self.fwd.ask.request.wire
     }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
-use crate::message::{self, Parsed};
+use crate::message::{self, AnswerHead, Parsed};
 use crate::wire::{self, HEADER_LEN};
 
 mod icmp;
@@ -196,7 +196,7 @@ fn try_failed(server: SocketAddr, e: &TryError) {
 /// One upstream: UDP, then TCP if the UDP answer is truncated (so every
 /// address gets learned), all before `deadline`. Sets the query's id.
 async fn try_server(pool: &Pool, req: &mut Request, deadline: Instant) -> Result<Answer, TryError> {
-    match exchange_udp(pool, &mut req.wire, &req.question, deadline).await? {
+    match exchange_udp(pool, &mut req.wire, deadline).await? {
         Some(answer) => judge(answer),
         None => tcp_try(pool.server(), req, deadline).await,
     }
@@ -211,7 +211,7 @@ async fn tcp_try(
     // A fresh id: the TCP connection is a new exchange.
     let id = rand::random::<u16>();
     wire::set_id(&mut req.wire, id);
-    judge(exchange_tcp(server, &req.wire, id, &req.question, deadline).await?)
+    judge(exchange_tcp(server, &req.wire, id, deadline).await?)
 }
 
 /// SERVFAIL and REFUSED are failures of this upstream: the next one may do
@@ -223,16 +223,14 @@ fn judge(answer: Answer) -> Result<Answer, TryError> {
     }
 }
 
-/// The answer to our query if `buf` is one: a well-formed response with
-/// our id and our question. Anything else (late answers, spoofing
-/// attempts) is ignored.
-fn accept(buf: &[u8], id: u16, question: &Query) -> Option<Parsed> {
-    // Cheap checks before decoding.
+/// What `buf` says if it answers `sent`, our query with `id`: a
+/// well-formed response with our id and our question. Anything else (late
+/// answers, spoofing attempts) is ignored.
+fn accept(buf: &[u8], id: u16, sent: &[u8]) -> Option<AnswerHead> {
     if buf.len() < HEADER_LEN || wire::id(buf) != id || !wire::is_response(buf) {
         return None;
     }
-    let parsed = message::read(buf).ok()?;
-    (parsed.question == *question).then_some(parsed)
+    message::read_answer(buf, sent)
 }
 
 /// Sends over one of the pool's UDP sockets and waits for the matching
@@ -240,10 +238,9 @@ fn accept(buf: &[u8], id: u16, question: &Query) -> Option<Parsed> {
 async fn exchange_udp(
     pool: &Pool,
     query: &mut [u8],
-    question: &Query,
     deadline: Instant,
 ) -> Result<Option<Answer>, TryError> {
-    let mut registration = pool.register(question)?;
+    let mut registration = pool.register(query)?;
     wire::set_id(query, registration.id());
     registration.send(query).await?;
     let reply = timeout_at(deadline, &mut registration.reply)
@@ -266,7 +263,6 @@ async fn exchange_tcp(
     server: SocketAddr,
     query: &[u8],
     id: u16,
-    question: &Query,
     deadline: Instant,
 ) -> Result<Answer, TryError> {
     let exchange = async {
@@ -281,9 +277,9 @@ async fn exchange_tcp(
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
             let received = std::time::Instant::now();
-            if let Some(parsed) = accept(&buf, id, question) {
+            if let Some(head) = accept(&buf, id, query) {
                 return Ok::<_, io::Error>(Answer {
-                    rcode: parsed.rcode(),
+                    rcode: head.rcode,
                     bytes: buf,
                     received,
                 });

@@ -31,7 +31,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Query;
 use std::os::fd::AsRawFd;
 
 use smallvec::SmallVec;
@@ -42,7 +41,6 @@ use tracing::debug;
 use super::{accept, icmp, Answer, MAX_UDP_ANSWER};
 use crate::batch::{self, RecvBatch};
 use crate::dgram::Datagrams;
-use crate::message;
 use crate::outbox::{self, Flush};
 use crate::wire;
 
@@ -83,11 +81,9 @@ pub(crate) enum Reply {
 /// given its reply on the worker's thread, exactly once, unless the worker
 /// stops first (then it is dropped).
 pub(crate) trait Waiting {
-    /// The question an answer must carry.
-    fn question(&self) -> &Query;
     /// The upstream query; its id is set before it is sent.
     fn wire(&mut self) -> &mut [u8];
-    /// The same, to send.
+    /// The same, to send, and to compare an answer's question with.
     fn bytes(&self) -> &[u8];
     /// Takes the reply.
     fn complete(self: Box<Self>, reply: Reply);
@@ -97,7 +93,9 @@ pub(crate) trait Waiting {
 enum Then {
     /// A task awaiting its [`Registration`].
     Send {
-        question: Query,
+        /// A copy of the query (its id aside), whose question an answer
+        /// must carry.
+        sent: Vec<u8>,
         tx: oneshot::Sender<Reply>,
     },
     /// A query completing itself.
@@ -105,10 +103,11 @@ enum Then {
 }
 
 impl Then {
-    fn question(&self) -> &Query {
+    /// The query as sent (its id aside).
+    fn sent(&self) -> &[u8] {
         match self {
-            Then::Send { question, .. } => question,
-            Then::Call(w) => w.question(),
+            Then::Send { sent, .. } => sent,
+            Then::Call(w) => w.bytes(),
         }
     }
 
@@ -183,10 +182,10 @@ impl Slot {
             // It filled the buffer, so it may have been cut.
             Reply::Truncated
         } else {
-            match accept(buf, id, waiter.then.question()) {
-                Some(parsed) if parsed.header.metadata.truncation => Reply::Truncated,
-                Some(parsed) => Reply::Answer(Answer {
-                    rcode: parsed.rcode(),
+            match accept(buf, id, waiter.then.sent()) {
+                Some(head) if head.truncated => Reply::Truncated,
+                Some(head) => Reply::Answer(Answer {
+                    rcode: head.rcode,
                     bytes: buf.to_vec(),
                     received,
                 }),
@@ -226,12 +225,14 @@ impl Slot {
     }
 
     /// Takes out the waiter whose id and question `quote` (the start of a
-    /// query we sent) carries.
+    /// query we sent, perhaps cut after its question) carries.
     fn take_quoted(&self, quote: &[u8]) -> Option<Waiter> {
-        let question = message::quoted_question(quote)?;
+        if quote.len() < wire::HEADER_LEN || wire::is_response(quote) {
+            return None;
+        }
         let id = wire::id(quote);
         let seq = match self.waiting.borrow().get(&id) {
-            Some(w) if *w.then.question() == question => w.seq,
+            Some(w) if wire::same_question(quote, w.then.sent()) => w.seq,
             _ => return None,
         };
         self.take(id, seq)
@@ -428,12 +429,13 @@ impl Pool {
         self.server
     }
 
-    /// A socket and a fresh random id on it for `question`.
-    pub(crate) fn register(&self, question: &Query) -> io::Result<Registration> {
+    /// A socket and a fresh random id on it for `query` (sent with that
+    /// id by [`Registration::send`]).
+    pub(crate) fn register(&self, query: &[u8]) -> io::Result<Registration> {
         let (slot, id) = self.reserve()?;
         let (tx, reply) = oneshot::channel();
         let then = Then::Send {
-            question: question.clone(),
+            sent: query.to_vec(),
             tx,
         };
         let seq = self.wait(&slot, id, then);

@@ -41,7 +41,7 @@ fn answers_reach_their_waiter_and_others_are_ignored() {
         let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let pool = Pool::new(upstream.local_addr().unwrap());
         let q = question("a.example.");
-        let mut reg = pool.register(&q).unwrap();
+        let mut reg = pool.register(&query(0, &q)).unwrap();
         let mut query = response(0, &q);
         wire::set_id(&mut query, reg.id());
         reg.send(&query).await.unwrap();
@@ -51,7 +51,11 @@ fn answers_reach_their_waiter_and_others_are_ignored() {
         upstream.send_to(&response(reg.id() ^ 1, &q), from).unwrap();
         let other = question("b.example.");
         upstream.send_to(&response(reg.id(), &other), from).unwrap();
-        upstream.send_to(&response(reg.id(), &q), from).unwrap();
+        // Ours, its name in another case (RFC 4343): accepted.
+        let shouted = question("A.EXAMPLE.");
+        upstream
+            .send_to(&response(reg.id(), &shouted), from)
+            .unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(3), &mut reg.reply)
             .await
             .unwrap()
@@ -70,15 +74,15 @@ fn sockets_rotate_to_fresh_ports_and_old_ones_close_when_idle() {
         let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let pool = Pool::new(upstream.local_addr().unwrap());
         let q = question("a.example.");
-        let first = pool.register(&q).unwrap();
+        let first = pool.register(&query(0, &q)).unwrap();
         let old = first.slot.clone();
         let old_port = old.socket.socket().local_addr().unwrap().port();
         // Wear the socket out; its next turn gets a fresh one.
         old.used.set(ROTATE_AFTER);
         for _ in 1..POOL_SOCKETS * SLOT_RUN {
-            drop(pool.register(&q).unwrap());
+            drop(pool.register(&query(0, &q)).unwrap());
         }
-        let second = pool.register(&q).unwrap();
+        let second = pool.register(&query(0, &q)).unwrap();
         assert!(!Rc::ptr_eq(&second.slot, &old));
         assert_ne!(
             second.slot.socket.socket().local_addr().unwrap().port(),
@@ -101,7 +105,7 @@ fn a_socket_error_fails_its_waiters_at_once() {
     local(async {
         let pool = Pool::new(closed_port("127.0.0.1"));
         let q = question("a.example.");
-        let mut reg = pool.register(&q).unwrap();
+        let mut reg = pool.register(&query(0, &q)).unwrap();
         sent_and_refused(&mut reg, &q).await;
     });
 }
@@ -159,8 +163,8 @@ fn an_icmp_error_fails_only_the_query_it_quotes() {
             let closed = closed_port(ip);
             let pool = Pool::new(closed);
             let (qa, qb) = (question("a.example."), question("b.example."));
-            let mut a = pool.register(&qa).unwrap();
-            let mut b = pool.register(&qb).unwrap();
+            let mut a = pool.register(&query(0, &qa)).unwrap();
+            let mut b = pool.register(&query(0, &qb)).unwrap();
             assert!(Rc::ptr_eq(&a.slot, &b.slot), "both wait on one socket");
             // Only `a` is sent, so only `a` draws (and is quoted by) an error.
             sent_and_refused(&mut a, &qa).await;
@@ -175,12 +179,12 @@ fn an_icmp_error_for_no_waiting_query_fails_nothing() {
         let closed = closed_port("127.0.0.1");
         let pool = Pool::new(closed);
         let (qa, qb) = (question("a.example."), question("b.example."));
-        let a = pool.register(&qa).unwrap();
+        let a = pool.register(&query(0, &qa)).unwrap();
         a.send(&query(a.id(), &qa)).await.unwrap();
         // Gone before its error is read (answered or timed out, say): the
         // error comes too late, or was forged, and names nobody waiting.
         drop(a);
-        let mut b = pool.register(&qb).unwrap();
+        let mut b = pool.register(&query(0, &qb)).unwrap();
         still_waits_then_answered(closed, &mut b, &qb).await;
     });
 }
