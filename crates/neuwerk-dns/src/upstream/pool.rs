@@ -294,10 +294,15 @@ async fn receive(slot: Rc<Slot>, server: SocketAddr) {
                 Ok(n) => {
                     let now = Instant::now();
                     // The replies of this batch go out together.
-                    let _batch = outbox::scope();
+                    let outermost = !outbox::deferring();
+                    let scope = outbox::scope();
                     for i in 0..n {
                         slot.deliver(batch.get(i).0, now);
                     }
+                    if outermost {
+                        tokio::task::yield_now().await;
+                    }
+                    drop(scope);
                 }
                 Err(e) => {
                     debug!(%server, error = %e, "upstream socket error");
