@@ -439,6 +439,7 @@ class Neuwerk:
         extra_config="",
         binary=NEUWERK_BIN,
         forwarding="direct",
+        dns_workers=None,
     ):
         self.topo = topo
         self.workdir = Path(workdir)
@@ -449,6 +450,7 @@ class Neuwerk:
         self.log_level = log_level
         self.extra_config = extra_config
         self.forwarding = forwarding
+        self.dns_workers = dns_workers  # None: neuwerk's default (half the CPUs)
         self.binary = Path(binary)
         self.proc = None
         self.log_path = self.workdir / "neuwerk.log"
@@ -466,12 +468,13 @@ class Neuwerk:
         self.policy_path.write_text(self.policy_text)
         listen = ", ".join(f'"{a}"' for a in self.dns_listen)
         ups = ", ".join(f'"{a}"' for a in self.upstreams)
+        workers = f"  workers: {self.dns_workers}\n" if self.dns_workers else ""
         self.config_path.write_text(
             f"interfaces: {{ ingress: nwi0, egress: nwe0, forwarding: {self.forwarding} }}\n"
             "dns:\n"
             f"  listen: [{listen}]\n"
             f"  upstreams: [{ups}]\n"
-            f"  upstream_timeout: {self.upstream_timeout}\n"
+            f"  upstream_timeout: {self.upstream_timeout}\n" + workers +
             f"policy: {{ file: {self.policy_path} }}\n"
             "management: { listen: 127.0.0.1:3000 }\n"
             f"logging: {{ format: text, level: {self.log_level} }}\n" + self.extra_config

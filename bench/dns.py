@@ -6,7 +6,8 @@
 
 Targets (each measured with the same synthetic upstream, caches off everywhere):
   direct   dnsperf -> 10.100.2.100 through plain forwarding in the fw ns (nothing running there)
-  neuwerk  neuwerk listening on 10.100.1.10:53, with 10 and with 100,000 hostname rules
+  neuwerk  neuwerk listening on 10.100.1.10:53, with 10 and with 100,000 hostname rules, each
+           with 1 dns worker (its default on two CPUs) and with 2 (as many as dnsdist's listeners)
   dnsdist  dnsdist as a plain forwarder (no packet cache, security polling off)
   unbound  unbound forwarding "." to the upstream (cache-max-ttl 0, tiny caches, no prefetch)
 
@@ -91,6 +92,9 @@ DEFAULTS = {
     "quick": False,
     "targets": ["direct", "neuwerk", "dnsdist", "unbound"],
     "rules": [10, 100000],
+    # neuwerk's dns.workers, each measured: 1 is its default on two CPUs (half of them), 2 the
+    # listener threads dnsdist runs here (its responder thread aside).
+    "neuwerk_workers": [1, 2],
     "names": 500_000,
     "upstream_ttl": 60,  # grants live this long: the map fills as it would in use
     "upstream_threads": 2,
@@ -165,17 +169,18 @@ def _attempt(fn, *args) -> dict:
         return {"error": _error(e)}
 
 
-def measure_target(cfg, topo, upstream, qfile, workdir, name, rules, round_no=0) -> dict:
+def measure_target(cfg, topo, upstream, qfile, workdir, key, round_no=0) -> dict:
     """Latency at a fixed rate on a fresh server, then the max-qps search; neuwerk's own
-    histograms over both."""
-    target = Target(name, topo, workdir / _slug(name, rules), rules)
+    histograms over both. `key`: (name, rules, workers) from _plan."""
+    name, rules, workers = key
+    target = Target(name, topo, workdir / _slug(*key), rules, workers)
     # The machine is ours for the whole target (other benchmarks wait), so its figures are
     # comparable with each other.
     with c.machine_lock(f"dns {name}"):
         try:
             t_start = time.monotonic()
             target.start()
-            res = {"target": name, "rules": rules, "server": target.server,
+            res = {"target": name, "rules": rules, "workers": workers, "server": target.server,
                    "startup_s": round(time.monotonic() - t_start, 2)}
             m0 = target.metrics()
             res["latency"] = latency(cfg, topo, target, upstream, qfile, workdir)
@@ -228,7 +233,10 @@ def combine_rounds(rounds) -> dict:
 def _plan(cfg) -> list:
     plan = []
     for name in cfg["targets"]:
-        plan += [(name, r) for r in cfg["rules"]] if name == "neuwerk" else [(name, None)]
+        if name == "neuwerk":
+            plan += [(name, r, w) for r in cfg["rules"] for w in cfg["neuwerk_workers"]]
+        else:
+            plan += [(name, None, None)]
     return plan
 
 
@@ -264,14 +272,14 @@ def run(cfg=None) -> dict:
             out["upstream_capacity"] = upstream_capacity(cfg, topo, upstream, qfile)
             per_target = {key: [] for key in _plan(cfg)}
             for round_no in range(cfg["rounds"]):
-                for (name, rules), done in per_target.items():
-                    c.log(f"round {round_no + 1}/{cfg['rounds']}: target {_label(name, rules)}")
+                for key, done in per_target.items():
+                    c.log(f"round {round_no + 1}/{cfg['rounds']}: target {_label(*key)}")
                     try:
-                        res = measure_target(cfg, topo, upstream, qfile, workdir, name, rules,
-                                             round_no)
+                        res = measure_target(cfg, topo, upstream, qfile, workdir, key, round_no)
                     except Exception as e:  # noqa: BLE001  (the other targets still get measured)
-                        c.log(f"target {_label(name, rules)} failed: {_error(e)}")
-                        res = {"target": name, "rules": rules, "error": _error(e)}
+                        c.log(f"target {_label(*key)} failed: {_error(e)}")
+                        res = {"target": key[0], "rules": key[1], "workers": key[2],
+                               "error": _error(e)}
                     done.append(res)
                     out["targets"] = [combine_rounds(rs) for rs in per_target.values() if rs]
                     save_partial()
@@ -296,6 +304,7 @@ def main(argv=None):
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--targets", help="comma list of direct,neuwerk,dnsdist,unbound")
     ap.add_argument("--rules", help="comma list of rule counts for neuwerk (default 10,100000)")
+    ap.add_argument("--workers", help="comma list of neuwerk dns.workers counts (default 1,2)")
     ap.add_argument("--no-cost", action="store_true", help="skip syscalls/CPU per query and profiles")
     ap.add_argument("--no-profile", action="store_true", help="skip perf record and flamegraphs")
     ap.add_argument("--no-build", action="store_true", help="use the binaries as built")
@@ -310,6 +319,8 @@ def main(argv=None):
         cfg["targets"] = a.targets.split(",")
     if a.rules:
         cfg["rules"] = [int(x) for x in a.rules.split(",")]
+    if a.workers:
+        cfg["neuwerk_workers"] = [int(x) for x in a.workers.split(",")]
     if a.workdir:
         cfg["workdir"] = a.workdir
     if a.rounds:

@@ -21,7 +21,7 @@ def cost_rate(cfg, targets) -> dict:
     since per-query figures change with load (batching, wake-ups)."""
     if cfg["cost_rate"]:
         return {"qps": int(cfg["cost_rate"]), "basis": "fixed by configuration"}
-    maxes = {d._label(t["target"], t["rules"]): t["max_qps"]["qps"] for t in targets
+    maxes = {d._label(t["target"], t["rules"], t.get("workers")): t["max_qps"]["qps"] for t in targets
              if t["target"] in cfg["cost_targets"] and (t.get("max_qps") or {}).get("qps")}
     if not maxes:
         return {"qps": int(cfg["cost_rate_fallback"]), "basis": "fixed: no max qps measured"}
@@ -32,25 +32,27 @@ def cost_rate(cfg, targets) -> dict:
 
 
 def _profiled(cfg, res) -> bool:
-    """neuwerk is profiled at its largest rule count only: 10 and 100k rules perform alike."""
+    """neuwerk is profiled once: at its largest rule count (10 and 100k rules perform alike),
+    with its default worker count (one worker, the one that bounds its max qps)."""
     if res["target"] not in cfg["profile_targets"]:
         return False
-    return res["target"] != "neuwerk" or res["rules"] == max(cfg["rules"])
+    return res["target"] != "neuwerk" or (res["rules"] == max(cfg["rules"])
+                                          and res.get("workers") == min(cfg["neuwerk_workers"]))
 
 
 def per_query_cost(cfg, topo, upstream, qfile, workdir, res, rate) -> dict:
     """CPU and syscalls per answered query of one target at `rate`, and its profile if asked.
     Each window gets a fresh target: the same state for all, and no periodic map walk
     (neuwerk counts its maps every 30 s, copying every grant out) inside a window."""
-    name, rules = res["target"], res["rules"]
-    tw = workdir / (d._slug(name, rules) + "-cost")
+    name, rules, workers = res["target"], res["rules"], res.get("workers")
+    tw = workdir / (d._slug(name, rules, workers) + "-cost")
     windows = [("cpu", cpu_window), ("syscalls", syscall_window)]
     if cfg["profile"] and _profiled(cfg, res):
         windows.append(("profile", profile))
     cost = {"rate": rate}
     for key, window in windows:
-        c.log(f"{d._label(name, rules)}: {key} at {rate} qps")
-        target = d.Target(name, topo, tw, rules)
+        c.log(f"{d._label(name, rules, workers)}: {key} at {rate} qps")
+        target = d.Target(name, topo, tw, rules, workers)
         with c.machine_lock(f"dns {key} {name}"):
             try:
                 target.start()

@@ -12,7 +12,9 @@ from dns_targets import _label
 def summary(out) -> list:
     rows = []
     for t in out["targets"]:
-        row = {"target": _label(t["target"], t["rules"])}
+        row = {"target": _label(t["target"], t["rules"], t.get("workers"))}
+        if t.get("workers"):
+            row["workers"] = t["workers"]
         if t.get("error"):
             rows.append(row | {"error": t["error"]})
             continue

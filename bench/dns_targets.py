@@ -114,8 +114,9 @@ forward-zone:
 class Target:
     """A DNS server under test in the fw namespace (or none, for `direct`)."""
 
-    def __init__(self, name, topo, workdir, rules=None):
+    def __init__(self, name, topo, workdir, rules=None, workers=None):
         self.name, self.topo, self.workdir, self.rules = name, topo, Path(workdir), rules
+        self.workers = workers  # neuwerk's dns.workers; None: its default
         self.proc = None
         self.nw = None
         self.server = c.UPSTREAM_IP if name == "direct" else c.FW_IN_IP
@@ -135,7 +136,7 @@ class Target:
             others = [f"h{i}.other{i % 97}.example.com" for i in range(self.rules - 1)]
             policy = c.policy_yaml(others + [f"**.{ZONE}"], ports=(443,))
             self.nw = c.Neuwerk(self.topo, self.workdir, policy, dns_listen=(LISTEN,),
-                                upstreams=(f"{c.UPSTREAM_IP}:53",))
+                                upstreams=(f"{c.UPSTREAM_IP}:53",), dns_workers=self.workers)
             self.nw.start(ready_timeout=180)
         elif self.name == "dnsdist":
             conf = _dnsdist_conf(self.workdir)
@@ -174,9 +175,13 @@ class Target:
 # --------------------------------------------------------------------------- names
 
 
-def _label(name, rules):
-    return name + (f" ({rules} rules)" if rules else "")
+def _label(name, rules, workers=None):
+    if not rules:
+        return name
+    if not workers:
+        return f"{name} ({rules} rules)"
+    return f"{name} ({rules} rules, {workers} worker{'s' if workers != 1 else ''})"
 
 
-def _slug(name, rules):
-    return name + (f"-{rules}" if rules else "")
+def _slug(name, rules, workers=None):
+    return name + (f"-{rules}" if rules else "") + (f"-w{workers}" if workers else "")

@@ -317,7 +317,9 @@ def _dns_limit(t, dnsdist):
     out = []
     core = (t.get("cpu_at_max_pct") or {}).get("neuwerk")
     if core is not None:
-        out.append(f"neuwerk used {core:.0f}% of a core at its max")
+        workers = t.get("workers")
+        who = f"neuwerk ({workers} worker{'s' if workers != 1 else ''})" if workers else "neuwerk"
+        out.append(f"{who} used {core:.0f}% of a core at its max")
     mine, theirs = t.get("cpu_us_per_query_at_max"), dnsdist.get("cpu_us_per_query_at_max")
     if mine and theirs:
         out.append(f"{mine} µs of CPU per query there against dnsdist's {theirs} µs (spread over its two listener threads and responder)")
@@ -466,7 +468,10 @@ def plots(results, out):
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in d.get("targets", []):
         lat = t.get("latency") or {}
-        label = t["target"] + (f" ({t['rules']} rules)" if t.get("rules") else "")
+        label = t["target"] + (f" ({t['rules']} rules" if t.get("rules") else "")
+        if t.get("rules"):
+            w = t.get("workers")
+            label += f", {w} worker{'s' if w != 1 else ''})" if w else ")"
         _cdf(ax, lat.get("samples_file", ""), label)
     ax.set_xscale("log")
     ax.set_xlabel("query latency, µs (log)")
