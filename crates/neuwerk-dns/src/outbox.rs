@@ -1,5 +1,7 @@
 //! Work deferred to the end of a batch. While a [`Scope`] is open on a
-//! worker's thread (a receive loop handling what one `recvmmsg` read),
+//! worker's thread (a receive loop handling what one `recvmmsg` read, and
+//! for upstream answers what the other sockets' loops read in the same
+//! pass of the worker, see `upstream::pool`),
 //! answers wait to be learned together and replies and upstream queries
 //! queue on their sockets. Closing the scope first learns (one store lock
 //! and one kernel write for the batch), which queues the replies, then

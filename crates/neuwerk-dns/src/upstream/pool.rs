@@ -300,6 +300,12 @@ async fn receive(slot: Rc<Slot>, server: SocketAddr) {
                         slot.deliver(batch.get(i).0, now);
                     }
                     if outermost {
+                        // The other sockets' loops woken by the same poll
+                        // run before this one resumes: their answers join
+                        // this batch (one learn, one reply sendmmsg) instead
+                        // of each closing a batch of a few. Only the
+                        // outermost yields, so the batch closes after one
+                        // pass however busy the worker is.
                         tokio::task::yield_now().await;
                     }
                     drop(scope);
