@@ -368,9 +368,9 @@ def targets_section(s, d):
         if vs:
             ratio = vs["median"]
             limit = ratio < 1 and _dns_limit(t, summ.get("dnsdist", {}))
-            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {ratio:.2f} × dnsdist, median of per-round ratios "
+            rows.append(f"| DNS qps ≥ dnsdist ({name}) | {ratio:.3f} × dnsdist, median of per-round ratios "
                         f"{_runs(vs)} ({_fmt(q)} vs {_fmt(dd)} in the median rounds) | "
-                        f"{_missed(ratio < 1 and f'{ratio:.2f} × dnsdist' + (limit or ''))} |")
+                        f"{_missed(ratio < 1 and f'{ratio:.3f} × dnsdist' + (limit or ''))} |")
         elif dd:
             rows.append(f"| DNS qps ≥ dnsdist ({name}) | {_fmt(q)} vs {_fmt(dd)} | "
                         f"{_missed(q < dd and f'{q / dd:.2f} × dnsdist, {dd - q:,} qps short')} |")
