@@ -27,6 +27,8 @@ pub(crate) trait Learn {
 
 thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Reads [`before_read`] let through inside the open batch.
+    static NESTED: Cell<usize> = const { Cell::new(0) };
     /// Run first: learning queues replies.
     static LEARNING: RefCell<Vec<Rc<dyn Learn>>> = const { RefCell::new(Vec::new()) };
     static QUEUED: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
@@ -44,6 +46,34 @@ pub(crate) fn scope() -> Scope {
 /// Whether sends queue now (a scope is open).
 pub(crate) fn deferring() -> bool {
     DEPTH.with(|d| d.get() > 0)
+}
+
+/// Full reads the receive loops may make, together, inside a batch another
+/// task holds open across a yield (see `upstream::pool`). Reading on
+/// under load makes bigger batches (measured: 2-7% more queries/s at the
+/// maximum than one read per loop); the bound keeps a busy listener from
+/// holding that batch's replies back for thousands of queries (up to its
+/// in-flight cap, about 12 ms).
+const NESTED_READS: usize = 8;
+
+/// Called by a receive loop whose last read filled its buffers, before it
+/// reads again (after a read that did not, the next one waits for the
+/// reactor anyway): returns at once if no batch is open or the open one
+/// may take another read, else once it has closed.
+pub(crate) async fn before_read() {
+    if !deferring() {
+        return;
+    }
+    let allowed = NESTED.with(|n| {
+        n.set(n.get() + 1);
+        n.get() <= NESTED_READS
+    });
+    if allowed {
+        return;
+    }
+    while deferring() {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Registers a socket whose queue just became non-empty.
@@ -105,6 +135,7 @@ impl Drop for Scope {
                     break;
                 }
             }
+            NESTED.with(|n| n.set(0));
         }
     }
 }
@@ -158,6 +189,45 @@ mod tests {
         }
         assert_eq!(*c.sent.borrow(), [1, 2, 3]);
         assert!(!deferring());
+    }
+
+    #[test]
+    fn reads_inside_a_batch_held_open_are_bounded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let c = Rc::new(Counter {
+            queue: RefCell::default(),
+            sent: RefCell::default(),
+        });
+        let seen = Rc::new(RefCell::new(None));
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let holder = {
+                let c = c.clone();
+                tokio::task::spawn_local(async move {
+                    let scope = scope();
+                    c.send(1);
+                    tokio::task::yield_now().await;
+                    drop(scope);
+                })
+            };
+            let reader = {
+                let (c, seen) = (c.clone(), seen.clone());
+                tokio::task::spawn_local(async move {
+                    for _ in 0..NESTED_READS {
+                        before_read().await;
+                    }
+                    let inside = c.sent.borrow().clone();
+                    before_read().await;
+                    *seen.borrow_mut() = Some((inside, c.sent.borrow().clone()));
+                })
+            };
+            holder.await.unwrap();
+            reader.await.unwrap();
+        });
+        // The allowed reads went on inside the holder's batch, the next
+        // one only once that batch was sent.
+        assert_eq!(*seen.borrow(), Some((vec![], vec![1])));
     }
 
     struct Panics;

@@ -67,13 +67,21 @@ pub(crate) async fn serve(socket: Datagrams, handler: Arc<Handler>, upstreams: R
     });
     // Reused for every batch; each query gets an exact-size copy.
     let mut batch = RecvBatch::new(MAX_UDP_QUERY);
+    // The last read filled the batch: the next one would not wait.
+    let mut full = false;
     loop {
         if listener.inflight.get() >= MAX_UDP_INFLIGHT {
             listener.room.notified().await;
             continue;
         }
+        if full {
+            outbox::before_read().await;
+        }
         let received = match listener.socket.recv(&mut batch).await {
-            Ok(n) => n,
+            Ok(n) => {
+                full = n == batch::BATCH;
+                n
+            }
             Err(e) => {
                 // Not expected on an unconnected socket; the pause keeps a
                 // persistent error from spinning the loop.

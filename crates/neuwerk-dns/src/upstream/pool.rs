@@ -288,10 +288,16 @@ impl Flush for Slot {
 /// Reads answers until the socket is retired and nobody waits on it.
 async fn receive(slot: Rc<Slot>, server: SocketAddr) {
     let mut batch = RecvBatch::new(MAX_UDP_ANSWER);
+    // The last read filled the batch: the next one would not wait.
+    let mut full = false;
     loop {
+        if full {
+            outbox::before_read().await;
+        }
         tokio::select! {
             read = slot.socket.recv(&mut batch) => match read {
                 Ok(n) => {
+                    full = n == batch::BATCH;
                     let now = Instant::now();
                     // The replies of this batch go out together.
                     let outermost = !outbox::deferring();
@@ -304,8 +310,9 @@ async fn receive(slot: Rc<Slot>, server: SocketAddr) {
                         // run before this one resumes: their answers join
                         // this batch (one learn, one reply sendmmsg) instead
                         // of each closing a batch of a few. Only the
-                        // outermost yields, so the batch closes after one
-                        // pass however busy the worker is.
+                        // outermost yields, and the loops read again inside
+                        // it only a few times (`before_read`), so the batch
+                        // closes soon however busy the worker is.
                         tokio::task::yield_now().await;
                     }
                     drop(scope);
