@@ -2,7 +2,8 @@
 /*
  * Every map of the dataplane, declared in one place so that the two
  * programs of the object share them. Userspace opens them by these names
- * (crates/neuwerk-datapath/src/dataplane.rs and stats.rs).
+ * (crates/neuwerk-datapath/src/dataplane.rs and stats.rs) and pins every
+ * one, so that they outlive the daemon (crates/neuwerk-datapath/src/pins.rs).
  */
 #ifndef NEUWERK_MAPS_H
 #define NEUWERK_MAPS_H
@@ -112,5 +113,23 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nw_events_lost SEC(".maps");
+
+/* Which build made these maps (struct nw_stamp); userspace only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_stamp);
+} nw_stamp SEC(".maps");
+
+/* The names log: page number -> page of (id, name) records; userspace
+ * only. Pages are allocated as they are written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, NW_NAME_PAGES_MAX);
+	__type(key, __u32);
+	__type(value, struct nw_name_page);
+} nw_names SEC(".maps");
 
 #endif /* NEUWERK_MAPS_H */

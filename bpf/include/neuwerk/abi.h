@@ -14,6 +14,11 @@
 
 #include <linux/types.h>
 
+/* Bump when a struct below changes meaning without changing size: a
+ * starting daemon adopts pinned maps only of its own version and layout
+ * (crates/neuwerk-datapath/src/pins.rs). */
+#define NW_ABI_VERSION 1
+
 #define NW_PORTSET_RANGES 16   /* ranges in one port set */
 #define NW_RULE_SLOTS 8        /* port sets per static-rule prefix */
 #define NW_GRANT_SLOTS 4       /* (deadline, port set) pairs per granted address */
@@ -81,7 +86,7 @@ struct nw_grant_key {
 struct nw_grant_slot {
 	__u64 expires_ns; /* CLOCK_MONOTONIC, checked per packet */
 	__u32 portset;    /* 0 = unused slot */
-	__u32 reserved;
+	__u32 name_id;    /* the queried name it was learned for (nw_names); 0 unknown */
 };
 
 struct nw_grant_value {
@@ -119,6 +124,27 @@ struct nw_local_key {
 struct nw_state {
 	__u32 active_gen; /* generation of networks and rules in force */
 	__u32 reserved;
+};
+
+/* The single entry of nw_stamp: which daemon build made the pinned maps.
+ * Written by userspace once every map exists; 0 until then. */
+struct nw_stamp {
+	__u32 abi_version; /* NW_ABI_VERSION */
+	__u32 reserved;
+	__u64 layout;      /* userspace's fingerprint of every map definition */
+};
+
+/* A page of the names log (nw_names): records of ids and names, written by
+ * userspace only, so that a restarted daemon knows which network and which
+ * queried name each pinned grant belongs to. Record: kind (1 network, 2
+ * hostname), length, id (4 bytes, little endian), then the name's bytes.
+ * Sized so that a page and its hash entry fill one 4 KiB allocation. */
+#define NW_NAME_PAGE_DATA 4024
+
+struct nw_name_page {
+	__u32 used; /* bytes of data holding records */
+	__u32 reserved;
+	__u8 data[NW_NAME_PAGE_DATA];
 };
 
 /* Why a packet passed or was dropped; index of the per-CPU counters.

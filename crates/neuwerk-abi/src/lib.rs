@@ -6,6 +6,16 @@
 
 #![no_std]
 
+/// `NW_ABI_VERSION`: bumped when a struct changes meaning without
+/// changing size; pinned maps of another version are not adopted as they are.
+pub const ABI_VERSION: u32 = 1;
+/// Bytes of records one page of the names log holds.
+pub const NAME_PAGE_DATA: usize = 4024;
+/// Names log record kind: a network's name, by network id.
+pub const NAME_KIND_NETWORK: u8 = 1;
+/// Names log record kind: a queried name, by the id grant slots carry.
+pub const NAME_KIND_HOSTNAME: u8 = 2;
+
 /// Port ranges in one port set.
 pub const PORTSET_RANGES: usize = 16;
 /// Port sets per static-rule prefix.
@@ -99,7 +109,8 @@ pub struct GrantSlot {
     pub expires_ns: u64,
     /// 0 = unused slot.
     pub portset: u32,
-    pub reserved: u32,
+    /// The queried name it was learned for (names log id); 0 unknown.
+    pub name_id: u32,
 }
 
 /// Value of the grants hash.
@@ -223,6 +234,36 @@ pub struct State {
     pub reserved: u32,
 }
 
+/// The single entry of `nw_stamp`: which build made the pinned maps.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// [`ABI_VERSION`] of the build; 0 while the maps are being made.
+    pub abi_version: u32,
+    pub reserved: u32,
+    /// Fingerprint of every map definition of the build's object.
+    pub layout: u64,
+}
+
+/// A page of the names log (`nw_names`): `used` bytes of records in `data`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamePage {
+    pub used: u32,
+    pub reserved: u32,
+    pub data: [u8; NAME_PAGE_DATA],
+}
+
+impl Default for NamePage {
+    fn default() -> Self {
+        NamePage {
+            used: 0,
+            reserved: 0,
+            data: [0; NAME_PAGE_DATA],
+        }
+    }
+}
+
 /// Why a packet passed or was dropped: the index of the per-CPU counters.
 /// Keep in sync with `enum nw_reason`.
 #[repr(u32)]
@@ -337,6 +378,8 @@ mod pod {
     unsafe impl aya::Pod for LocalKey {}
     unsafe impl aya::Pod for State {}
     unsafe impl aya::Pod for NetStats {}
+    unsafe impl aya::Pod for Stamp {}
+    unsafe impl aya::Pod for NamePage {}
 }
 
 #[cfg(test)]
@@ -367,6 +410,10 @@ mod tests {
         assert_eq!(size_of::<LocalKey>(), 20);
         assert_eq!(offset_of!(LocalKey, port), 16);
         assert_eq!(size_of::<State>(), 8);
+        assert_eq!(size_of::<Stamp>(), 16);
+        assert_eq!(offset_of!(Stamp, layout), 8);
+        assert_eq!(size_of::<NamePage>(), 8 + NAME_PAGE_DATA);
+        assert_eq!(offset_of!(GrantSlot, name_id), 12);
         assert_eq!(size_of::<NetStats>(), 4 * 3 * 8);
         assert_eq!(size_of::<Event>(), 56);
         assert_eq!(offset_of!(Event, net_id), 8);

@@ -19,6 +19,8 @@
 //!   token_file: token         # or `token: <secret>`; read at load, trimmed
 //! conntrack:                  # optional, see ConntrackConfig::default()
 //!   tcp_idle: 1h
+//! dataplane:                  # optional
+//!   pin_dir: /sys/fs/bpf/neuwerk/nwi0  # default /sys/fs/bpf/neuwerk/<ingress>
 //! logging:                    # optional
 //!   format: text              # or json
 //!   level: info               # a tracing filter; RUST_LOG, when set, wins
@@ -63,7 +65,17 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub management: ManagementConfig,
     pub conntrack: ConntrackConfig,
+    pub dataplane: DataplaneConfig,
     pub logging: LoggingConfig,
+}
+
+/// Where the kernel side lives between daemons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// The bpffs directory where links and maps are pinned, so that the
+    /// programs keep enforcing when no daemon runs (default
+    /// `/sys/fs/bpf/neuwerk/<ingress>`).
+    pub pin_dir: PathBuf,
 }
 
 /// What to answer for a denied name.
@@ -211,6 +223,7 @@ const ROOT_KEYS: &[&str] = &[
     "policy",
     "management",
     "conntrack",
+    "dataplane",
     "logging",
 ];
 
@@ -230,6 +243,12 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         None => ConntrackConfig::default(),
         Some(e) => decode_conntrack(&e.value)?,
     };
+    let dataplane = match f.get("dataplane") {
+        None => DataplaneConfig {
+            pin_dir: default_pin_dir(&interfaces.ingress),
+        },
+        Some(e) => decode_dataplane(&e.value, &interfaces.ingress)?,
+    };
     let logging = match f.get("logging") {
         None => LoggingConfig::default(),
         Some(e) => decode_logging(&e.value)?,
@@ -240,8 +259,35 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         policy,
         management,
         conntrack,
+        dataplane,
         logging,
     })
+}
+
+/// `/sys/fs/bpf/neuwerk/<ingress>`: one pin directory per filtered interface.
+pub fn default_pin_dir(ingress: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/neuwerk").join(ingress)
+}
+
+fn decode_dataplane(node: &Node, ingress: &str) -> Result<DataplaneConfig, Error> {
+    let f = node.fields("`dataplane`", &["pin_dir"])?;
+    let pin_dir = match f.get("pin_dir") {
+        None => default_pin_dir(ingress),
+        Some(e) => {
+            let dir = e.value.parse_with("a directory", |s| {
+                let p = PathBuf::from(s);
+                if p.is_absolute() && !s.is_empty() {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "pin_dir `{s}` must be an absolute path (on a bpffs)"
+                    ))
+                }
+            })?;
+            dir
+        }
+    };
+    Ok(DataplaneConfig { pin_dir })
 }
 
 const DNS_KEYS: &[&str] = &[

@@ -100,14 +100,25 @@ impl BatchDelete {
 /// by bucket, so entries added or removed meanwhile are counted or not,
 /// but the walk always ends.
 pub(crate) fn count_entries<K: Pod, V: Pod>(fd: &OwnedFd) -> io::Result<u64> {
-    // Only the kernel looks at these: entries are copied out and dropped.
-    let mut keys = vec![0u8; COUNT_CHUNK * std::mem::size_of::<K>()];
-    let mut values = vec![0u8; COUNT_CHUNK * std::mem::size_of::<V>()];
+    let mut total = 0u64;
+    walk_entries::<K, V>(fd, |keys, _| total += keys.len() as u64)?;
+    Ok(total)
+}
+
+/// Calls `f` with every entry of the hash map behind `fd` (keys `K`,
+/// values `V`), a chunk of up to [`COUNT_CHUNK`] entries per syscall and
+/// call; the same caveats as [`count_entries`].
+pub(crate) fn walk_entries<K: Pod, V: Pod>(
+    fd: &OwnedFd,
+    mut f: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
+    // SAFETY (of the zeroed buffers): K and V are Pod, every bit pattern valid.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; COUNT_CHUNK];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; COUNT_CHUNK];
     // The walk's position: a bucket index for hash maps (a u32), in a
     // buffer of the key's size as the uapi asks.
     let mut at = vec![0u8; std::mem::size_of::<K>().max(8)];
     let mut next = at.clone();
-    let mut total = 0u64;
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -129,9 +140,10 @@ pub(crate) fn count_entries<K: Pod, V: Pod>(fd: &OwnedFd) -> io::Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(e),
         };
-        total += u64::from(attr.count);
+        let n = (attr.count as usize).min(COUNT_CHUNK);
+        f(&keys[..n], &values[..n]);
         if done {
-            return Ok(total);
+            return Ok(());
         }
         std::mem::swap(&mut at, &mut next);
         first = false;

@@ -21,6 +21,24 @@ pub struct NetIds {
 }
 
 impl NetIds {
+    /// Ids as a previous daemon assigned them (id -> name): the pinned
+    /// grants and connections carry them. An id whose name is unknown
+    /// keeps its place under a name no policy can use, so that new names
+    /// get new ids.
+    pub fn restore(known: &HashMap<u32, Arc<str>>) -> NetIds {
+        let mut ids = NetIds::default();
+        let max = known.keys().copied().max().unwrap_or(0);
+        for id in 1..=max {
+            let name = known
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(format!("#unknown-{id}")));
+            ids.names.push(name.clone());
+            ids.ids.insert(name, id);
+        }
+        ids
+    }
+
     /// The id of `name`, assigned on first use.
     pub fn id(&mut self, name: &Arc<str>) -> u32 {
         if let Some(&id) = self.ids.get(name) {

@@ -13,8 +13,10 @@
 //! port set ids, the port set rows). A grant write takes only the last,
 //! so learning never waits for a swap's table writes.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
 
@@ -23,16 +25,19 @@ use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
 use neuwerk_abi as abi;
 use neuwerk_core::config::{ConntrackConfig, Forwarding};
-use neuwerk_core::grants::{GrantBackend, GrantEntry, GrantError};
+use neuwerk_core::grants::{Grant, GrantBackend, GrantEntry, GrantError};
 
 use crate::batch::BatchDelete;
 use crate::grant_map::{GrantMap, Slots};
 use neuwerk_core::policy::{Policy, PortSet};
 
 use crate::addr::{addr_bytes, addr_from_bytes};
+use crate::adopt::{self, Dictionary};
 use crate::compile::{compile, plan, NetIds, NetNames, Plan, Tables};
 use crate::error::DataplaneError;
-use crate::loader::{self, EventLimits, ForwardSetup};
+use crate::loader::{self, EventLimits, ForwardSetup, LoadConstants};
+use crate::names::NameLog;
+use crate::pins::{self, Hook, Persistence, PinLayout};
 use crate::portsets::Interner;
 use crate::stats::Stats;
 
@@ -48,6 +53,24 @@ pub struct DataplaneConfig {
     pub conntrack: ConntrackConfig,
     /// Whether the programs forward passed client traffic themselves.
     pub forwarding: Forwarding,
+    /// Where links and maps are pinned (see [`crate::pins`]).
+    pub pin_dir: PathBuf,
+}
+
+/// What a start found pinned and did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    /// Whether maps of this build's layout were pinned already (their
+    /// grants, connections and counters are kept).
+    pub adopted: bool,
+    /// Whether the programs were swapped into links a previous daemon left
+    /// (else new links were made).
+    pub links_replaced: bool,
+    /// Whether the pins outlive this process.
+    pub persistence: Persistence,
+    /// Maps directories of other layouts that were removed, with what
+    /// could not be carried over from them.
+    pub dropped_layouts: Vec<String>,
 }
 
 /// A tracked connection as userspace sees it.
@@ -73,6 +96,46 @@ struct Maps {
     live: RowKeys,
 }
 
+impl Maps {
+    /// Takes over the generation in force and its rows from a previous
+    /// daemon (nothing, for new maps), deleting rows of the other one.
+    fn adopt_rows(&mut self) {
+        self.gen = self.state.get(&0, 0).map_or(0, |s| s.active_gen);
+        let gen = self.gen;
+        self.live = RowKeys {
+            nets: adopt::rows_of_generation(&mut self.networks, gen, |k| k.gen),
+            rules: adopt::rows_of_generation(&mut self.rules, gen, |k| k.gen),
+        };
+    }
+}
+
+/// Marks the maps as made by this build (see [`abi::Stamp`]); maps of this
+/// layout stamped by another ABI version are refused.
+fn stamp(ebpf: &mut Ebpf, layout: u64) -> Result<(), DataplaneError> {
+    let mut map: Array<&mut MapData, abi::Stamp> = Array::try_from(
+        ebpf.map_mut("nw_stamp")
+            .ok_or(DataplaneError::MissingMap("nw_stamp"))?,
+    )
+    .map_err(DataplaneError::map("nw_stamp"))?;
+    let want = abi::Stamp {
+        abi_version: abi::ABI_VERSION,
+        reserved: 0,
+        layout,
+    };
+    let found = map.get(&0, 0).map_err(DataplaneError::map("nw_stamp"))?;
+    if found != want && found != abi::Stamp::default() {
+        return Err(DataplaneError::ForeignPins(format!(
+            "the pinned maps of layout {layout:016x} are stamped {found:?}: made by another \
+             build; run `neuwerk detach` to remove them"
+        )));
+    }
+    map.set(0, want, 0).map_err(DataplaneError::map("nw_stamp"))
+}
+
+/// Records the names log must have gained since its last compaction
+/// before it is compacted: below this it is small whatever it holds.
+pub const NAMES_COMPACT_MIN: u64 = 50_000;
+
 /// Distinct port sets whose ids a grant write finds without converting
 /// them; past this the cache starts over (a policy has few).
 const PORTSET_CACHE_MAX: usize = 1024;
@@ -83,6 +146,8 @@ const PORTSET_CACHE_MAX: usize = 1024;
 struct Interned {
     ids: NetIds,
     interner: Interner,
+    /// Names of network and hostname ids, kept for a restarted daemon.
+    names: NameLog,
     portsets: Array<MapData, abi::PortSet>,
     /// Port set -> its ids. Ids are content-interned and never reused, so
     /// an entry never goes stale.
@@ -93,7 +158,14 @@ impl Interned {
     /// Compiles a planned policy, assigning ids, and writes the port set
     /// rows it adds.
     fn compile(&mut self, plan: &Plan) -> Result<Tables, DataplaneError> {
+        let known = self.ids.names().max_id();
         let tables = compile(plan, &mut self.ids, &mut self.interner)?;
+        for id in known + 1..=self.ids.names().max_id() {
+            if let Some(name) = self.ids.name(id) {
+                self.names.network(id, &name);
+            }
+        }
+        self.names.flush();
         self.write_portsets(&tables.fresh_portsets)?;
         Ok(tables)
     }
@@ -143,7 +215,8 @@ impl Interned {
             .ok_or_else(|| GrantError::UnknownNetwork(network.into()))?;
         let mut slots = Slots::default();
         for e in entries {
-            self.each_portset_id(e.ports, |id| slots.add(id, e.expires_ns))
+            let name_id = self.names.host_id(e.hostname);
+            self.each_portset_id(e.ports, |id| slots.add(id, e.expires_ns, name_id))
                 .map_err(|e| GrantError::Backend {
                     addr,
                     reason: e.to_string(),
@@ -175,7 +248,15 @@ pub struct Dataplane {
     events: Mutex<Option<RingBuf<MapData>>>,
     /// How the programs forward (probed at start).
     forwarding: ForwardSetup,
-    /// Owns programs and links; declared last so maps are released first.
+    /// Where links and maps are pinned.
+    pins: PinLayout,
+    /// What the start found pinned.
+    adoption: Adoption,
+    /// Grants found in the pinned grant map, until the store takes them.
+    pinned_grants: Mutex<Vec<Grant>>,
+    /// The grant map, for walks that find which names it references.
+    grant_walk: std::os::fd::OwnedFd,
+    /// The loaded programs (the pinned links hold them attached).
     _ebpf: Ebpf,
 }
 
@@ -198,19 +279,41 @@ impl Dataplane {
     }
 
     /// [`Dataplane::start`] with the kernel's event rate limits.
+    ///
+    /// Maps pinned by a previous daemon of the same layout are adopted:
+    /// their grants, connections and counters stay, the policy is swapped
+    /// in as a reload would, and the programs are swapped into the pinned
+    /// links, so that the node never stops enforcing.
     pub fn start_with_events(
         cfg: &DataplaneConfig,
         policy: &Policy,
         events: &EventLimits,
     ) -> Result<Dataplane, DataplaneError> {
         let forwarding = ForwardSetup::probe(cfg.forwarding, &cfg.ingress, &cfg.egress)?;
-        let mut ebpf = loader::load(&cfg.conntrack, &forwarding, events)?;
+        let pins = PinLayout::new(&cfg.pin_dir);
+        let persistence = pins::prepare(pins.dir())?;
+        let layout = pins::layout_fingerprint(loader::object())?;
+        let maps_dir = pins.maps(layout);
+        let adopted = maps_dir.join("nw_stamp").exists();
+        std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Io {
+            what: "creating the maps pin directory",
+            source,
+        })?;
+        let consts = LoadConstants {
+            conntrack: &cfg.conntrack,
+            forwarding: &forwarding,
+            events,
+        };
+        let mut ebpf = loader::load(consts, &maps_dir)?;
+        stamp(&mut ebpf, layout)?;
         let stats = Stats::open(&mut ebpf)?;
         let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
+        let grants_fd = crate::stats::dup_map_fd(&ebpf, "nw_grants")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
-        let ids = NetIds::default();
-        let names = ids.names();
-        let maps = Maps {
+        let (names, restored) = NameLog::open(take(&mut ebpf, "nw_names")?)?;
+        let ids = NetIds::restore(&restored.networks);
+        let net_names = ids.names();
+        let mut maps = Maps {
             networks: take(&mut ebpf, "nw_networks")?,
             rules: take(&mut ebpf, "nw_rules")?,
             conntrack: take(&mut ebpf, "nw_conntrack")?,
@@ -219,10 +322,27 @@ impl Dataplane {
             gen: 0,
             live: RowKeys::default(),
         };
+        maps.adopt_rows();
+        let portsets: Array<MapData, abi::PortSet> = take(&mut ebpf, "nw_portsets")?;
+        let rows = adopt::portset_rows(&portsets);
+        let pinned = adopt::read_grants(
+            &grants_fd,
+            &Dictionary {
+                nets: &ids,
+                hosts: &restored.hosts,
+                portsets: &rows,
+            },
+            neuwerk_core::time::monotonic_ns(),
+        )
+        .map_err(|source| DataplaneError::Io {
+            what: "reading the pinned grant map",
+            source,
+        })?;
         let interned = Interned {
             ids,
-            interner: Interner::default(),
-            portsets: take(&mut ebpf, "nw_portsets")?,
+            interner: Interner::restore(&rows, portsets.len()),
+            names,
+            portsets,
             cache: Default::default(),
         };
         let dp = Dataplane {
@@ -231,17 +351,112 @@ impl Dataplane {
             grants: GrantMap::new(take(&mut ebpf, "nw_grants")?),
             stats,
             grant_delete,
-            names,
+            names: net_names,
             events: Mutex::new(Some(ring)),
             forwarding,
+            pins,
+            adoption: Adoption {
+                adopted,
+                links_replaced: false,
+                persistence,
+                dropped_layouts: Vec::new(),
+            },
+            pinned_grants: Mutex::new(pinned.grants),
+            grant_walk: grants_fd,
             _ebpf: ebpf,
         };
+        let _ = dp.grant_delete.delete(&pinned.dead);
         dp.write_listeners(&cfg.dns_listen)?;
         dp.apply_policy(policy)?;
         let mut dp = dp;
-        loader::attach(&mut dp._ebpf, loader::PROG_FROM_CLIENT, &cfg.ingress)?;
-        loader::attach(&mut dp._ebpf, loader::PROG_FROM_UPSTREAM, &cfg.egress)?;
+        let client = loader::attach(
+            &mut dp._ebpf,
+            loader::PROG_FROM_CLIENT,
+            &cfg.ingress,
+            &dp.pins,
+            Hook::Client,
+        )?;
+        let upstream = loader::attach(
+            &mut dp._ebpf,
+            loader::PROG_FROM_UPSTREAM,
+            &cfg.egress,
+            &dp.pins,
+            Hook::Upstream,
+        )?;
+        dp.adoption.links_replaced = client && upstream;
+        dp.adoption.dropped_layouts = dp.remove_other_layouts(layout);
         Ok(dp)
+    }
+
+    /// What the start found pinned and did with it.
+    pub fn adoption(&self) -> &Adoption {
+        &self.adoption
+    }
+
+    /// Where links and maps are pinned.
+    pub fn pins(&self) -> &PinLayout {
+        &self.pins
+    }
+
+    /// The live grants found in the pinned grant map at start, once: the
+    /// grant store takes them so that it knows what the kernel enforces.
+    pub fn take_pinned_grants(&self) -> Vec<Grant> {
+        std::mem::take(&mut *self.pinned_grants.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Compacts the names log once it holds more records appended since
+    /// the last compaction than names then known (and at least
+    /// [`NAMES_COMPACT_MIN`]): a walk of the grant map, without locks,
+    /// finds the names still referenced; the log is rewritten with those
+    /// (and any used meanwhile) under the interning lock. Returns how many
+    /// names were kept, `None` when not needed. Call it from a background
+    /// task every few seconds.
+    pub fn compact_names(&self) -> std::io::Result<Option<usize>> {
+        let epoch = {
+            let mut g = self.interned();
+            if !g.names.wants_compaction(NAMES_COMPACT_MIN) {
+                return Ok(None);
+            }
+            g.names.begin_compaction()
+        };
+        let mut referenced: HashSet<u32, RandomState> = HashSet::default();
+        crate::batch::walk_entries::<abi::GrantKey, abi::GrantValue>(
+            &self.grant_walk,
+            |_, values| {
+                for v in values {
+                    for s in v.slots.iter().filter(|s| s.portset != 0) {
+                        referenced.insert(s.name_id);
+                    }
+                }
+            },
+        )?;
+        let mut g = self.interned();
+        let networks: Vec<(u32, Arc<str>)> = (1..=g.ids.names().max_id())
+            .filter_map(|id| Some((id, g.ids.name(id)?)))
+            .collect();
+        Ok(Some(g.names.compact(epoch, &referenced, &networks)))
+    }
+
+    /// Removes the maps of other layouts, now that no attached program
+    /// uses them, and says what of them was not carried over.
+    fn remove_other_layouts(&self, layout: u64) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (other, dir) in self.pins.map_dirs() {
+            if other == layout {
+                continue;
+            }
+            let what = format!(
+                "maps of layout {other:016x} at {} (grants, tracked connections and \
+                 counters of another build) were not carried over",
+                dir.display()
+            );
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                dropped.push(format!("{what}, and removing them failed: {e}"));
+            } else {
+                dropped.push(what);
+            }
+        }
+        dropped
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {
@@ -284,8 +499,30 @@ impl Dataplane {
         *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
     }
 
+    /// Makes the listeners table hold exactly `listen` (an adopted table
+    /// may hold a previous config's).
     fn write_listeners(&self, listen: &[SocketAddr]) -> Result<(), DataplaneError> {
         let mut m = self.lock();
+        let wanted: Vec<abi::LocalKey> = listen
+            .iter()
+            .flat_map(|sa| {
+                [6u8, 17].map(|proto| abi::LocalKey {
+                    addr: addr_bytes(sa.ip()),
+                    port: sa.port(),
+                    proto,
+                    reserved: 0,
+                })
+            })
+            .collect();
+        let stale: Vec<abi::LocalKey> = m
+            .local
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in &stale {
+            let _ = m.local.remove(k);
+        }
         for sa in listen {
             for proto in [6u8, 17] {
                 let key = abi::LocalKey {
@@ -440,7 +677,12 @@ impl GrantBackend for Dataplane {
         addr: IpAddr,
         entries: &[GrantEntry<'_>],
     ) -> Result<(), GrantError> {
-        let (key, value) = self.interned().grant_row(network, addr, entries)?;
+        let (key, value) = {
+            let mut g = self.interned();
+            let row = g.grant_row(network, addr, entries)?;
+            g.names.flush();
+            row
+        };
         self.grants
             .update(&key, &value)
             .map_err(|e| update_error(addr, e))
@@ -470,6 +712,8 @@ impl GrantBackend for Dataplane {
                     Err(e) => results.push(Err(e)),
                 }
             }
+            // Names the rows carry are in the log before the rows are.
+            g.names.flush();
         }
         self.grants.update_many(&keys, &values, |j, e| {
             let i = item_of[j];

@@ -31,6 +31,8 @@ pub enum DataplaneError {
     PortsetsFull(u32),
     #[error("{0}")]
     Capacity(String),
+    #[error("{0}")]
+    ForeignPins(String),
     #[error("the packet event stream was already taken")]
     EventsTaken,
     #[error("{what}: {source}")]

@@ -186,17 +186,22 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    /// Adds `portset` until `expires_ns`.
-    pub(crate) fn add(&mut self, portset: u32, expires_ns: u64) {
+    /// Adds `portset` until `expires_ns`, learned for name `name_id`; a
+    /// port set held for several names keeps the name of its latest
+    /// deadline.
+    pub(crate) fn add(&mut self, portset: u32, expires_ns: u64, name_id: u32) {
         let used = &mut self.value.slots[..self.len];
         if let Some(s) = used.iter_mut().find(|s| s.portset == portset) {
-            s.expires_ns = s.expires_ns.max(expires_ns);
+            if expires_ns > s.expires_ns {
+                s.expires_ns = expires_ns;
+                s.name_id = name_id;
+            }
             return;
         }
         let slot = abi::GrantSlot {
             expires_ns,
             portset,
-            reserved: 0,
+            name_id,
         };
         if self.len < abi::GRANT_SLOTS {
             self.value.slots[self.len] = slot;

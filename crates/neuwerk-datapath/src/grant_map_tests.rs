@@ -22,7 +22,7 @@ fn reference(pairs: &[(u32, u64)]) -> abi::GrantValue {
             None => slots.push(abi::GrantSlot {
                 expires_ns,
                 portset,
-                reserved: 0,
+                name_id: 0,
             }),
         }
     }
@@ -54,7 +54,7 @@ fn slots_keep_the_longest_lived_port_sets() {
             .collect();
         let mut slots = Slots::default();
         for &(p, e) in &pairs {
-            slots.add(p, e);
+            slots.add(p, e, 0);
         }
         assert_eq!(slots.into_value(), reference(&pairs), "pairs {pairs:?}");
     }
@@ -83,12 +83,12 @@ fn updates_and_deletes_reach_the_kernel() {
         addr: crate::addr::addr_bytes("192.0.2.1".parse().unwrap()),
     };
     let mut slots = Slots::default();
-    slots.add(7, 1000);
+    slots.add(7, 1000, 0);
     let value = slots.into_value();
     grants.update(&key, &value).unwrap();
     assert_eq!(grants.map.get(&key, 0).unwrap(), value);
     let mut slots = Slots::default();
-    slots.add(8, 2000);
+    slots.add(8, 2000, 0);
     let replaced = slots.into_value();
     grants.update(&key, &replaced).unwrap();
     assert_eq!(grants.map.get(&key, 0).unwrap(), replaced);
@@ -107,7 +107,7 @@ fn key(i: u32) -> abi::GrantKey {
 
 fn value(portset: u32, expires_ns: u64) -> abi::GrantValue {
     let mut slots = Slots::default();
-    slots.add(portset, expires_ns);
+    slots.add(portset, expires_ns, 0);
     slots.into_value()
 }
 

@@ -2,7 +2,10 @@
 //! attaches its two TC programs and writes its maps. The only crate that
 //! uses aya and `unsafe` kernel interfaces.
 //!
-//! - [`loader`]: embed, set load-time globals, attach (dropping detaches).
+//! - [`loader`]: embed, set load-time globals, load with pinned maps,
+//!   attach through pinned links.
+//! - [`pins`]: where the dataplane lives in bpffs so that it outlives the
+//!   daemon; `detach`.
 //! - [`addr`]: addresses and prefixes in the ABI's IPv4-mapped form.
 //! - [`compile`]: policy -> rows of the networks and rules tables (pure).
 //! - [`portsets`]: content-interned port set ids shared by rules and grants.
@@ -12,6 +15,7 @@
 //! - [`events`]: drop and audit events from the kernel's ring buffer.
 
 pub mod addr;
+mod adopt;
 mod batch;
 pub mod compile;
 pub mod dataplane;
@@ -20,13 +24,15 @@ pub mod events;
 mod grant_map;
 mod link;
 pub mod loader;
+mod names;
+pub mod pins;
 pub mod portsets;
 #[cfg(test)]
 mod scratch;
 pub mod stats;
 mod sys;
 
-pub use dataplane::{Dataplane, DataplaneConfig};
+pub use dataplane::{Adoption, Dataplane, DataplaneConfig};
 pub use error::DataplaneError;
 pub use events::PacketEvents;
 pub use loader::EventLimits;

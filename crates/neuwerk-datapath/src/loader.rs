@@ -1,16 +1,28 @@
-//! Embeds the compiled object, sets its load-time globals and attaches the
-//! two TC programs. The returned [`aya::Ebpf`] owns the links: dropping it
-//! detaches both programs.
+//! Embeds the compiled object, sets its load-time globals, loads it with
+//! every map pinned (reusing pinned maps of the same layout) and attaches
+//! the two TC programs through pinned links, swapping them into links a
+//! previous daemon left. Nothing here detaches: see [`crate::pins`].
 
-use aya::programs::{tc, SchedClassifier, TcAttachType};
+use std::io;
+use std::path::Path;
+
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{tc, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use neuwerk_core::config::{ConntrackConfig, Forwarding};
 
 use crate::error::DataplaneError;
 use crate::link;
+use crate::pins::{self, Hook, PinLayout};
 
 /// The object built by build.rs from bpf/neuwerk.bpf.c.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/neuwerk.bpf.o"));
+
+/// The embedded eBPF object.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 /// TC program for what clients send (ingress of the client-facing interface).
 pub const PROG_FROM_CLIENT: &str = "nw_from_client";
@@ -78,13 +90,23 @@ impl Default for EventLimits {
     }
 }
 
+/// What a load bakes into the programs as constants.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadConstants<'a> {
+    pub conntrack: &'a ConntrackConfig,
+    pub forwarding: &'a ForwardSetup,
+    pub events: &'a EventLimits,
+}
+
 /// Loads the object with the conntrack timeouts, the forwarding set-up and
-/// event limits baked in as constants.
-pub fn load(
-    ct: &ConntrackConfig,
-    forwarding: &ForwardSetup,
-    events: &EventLimits,
-) -> Result<Ebpf, DataplaneError> {
+/// event limits baked in as constants, every map pinned under `maps_dir`
+/// (a map already pinned there is reused as it is).
+pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    let LoadConstants {
+        conntrack: ct,
+        forwarding,
+        events,
+    } = c;
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
     let (tcp, closing, udp, icmp) = (
         ns(ct.tcp_idle),
@@ -97,7 +119,13 @@ pub fn load(
     let burst = u64::from(events.burst.max(1));
     let direct = u32::from(forwarding.mode == Forwarding::Direct);
     let [peer_in, peer_out] = forwarding.peer_ifindex;
-    EbpfLoader::new()
+    let names = pins::pinned_map_names(OBJECT)?;
+    let paths: Vec<_> = names.iter().map(|n| maps_dir.join(n)).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in names.iter().zip(&paths) {
+        loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    loader
         .override_global("CT_TCP_IDLE_NS", &tcp, true)
         .override_global("CT_TCP_CLOSING_NS", &closing, true)
         .override_global("CT_UDP_IDLE_NS", &udp, true)
@@ -112,8 +140,17 @@ pub fn load(
 }
 
 /// Loads program `name` into the kernel and attaches it to the ingress of
-/// `iface` (TCX on kernels >= 6.6, a clsact filter before).
-pub fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), DataplaneError> {
+/// `iface` through the link pinned for `hook`: an existing link gets the
+/// program swapped in atomically; otherwise (or when that link's interface
+/// is gone) a new TCX link is made and pinned. Returns whether an existing
+/// link was updated.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    pins: &PinLayout,
+    hook: Hook,
+) -> Result<bool, DataplaneError> {
     let attach_err = |reason: String| DataplaneError::Attach {
         name,
         iface: iface.to_string(),
@@ -128,9 +165,50 @@ pub fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), Da
         name,
         source: Box::new(e),
     })?;
+    let path = pins.link(hook);
+    let ifindex = interface_index(iface)?;
+    if let Some(old) = pinned_link(&path, ifindex).map_err(|e| attach_err(e.to_string()))? {
+        let id = prog
+            .attach_to_link(old)
+            .map_err(|e| attach_err(format!("replacing the program of {}: {e}", path.display())))?;
+        // Still pinned: dropping our handle leaves the link in place.
+        drop(prog.take_link(id));
+        return Ok(true);
+    }
     // Needed only for the netlink fallback; already present is fine.
     let _ = tc::qdisc_add_clsact(iface);
-    prog.attach(iface, TcAttachType::Ingress)
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
         .map_err(|e| attach_err(e.to_string()))?;
-    Ok(())
+    let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: LinkError| attach_err(e.to_string()))?;
+    let _ = std::fs::remove_file(&path);
+    fd.pin(&path)
+        .map_err(|e| attach_err(format!("pinning the link at {}: {e}", path.display())))?;
+    Ok(false)
+}
+
+/// The link pinned at `path` if it is attached to `ifindex`; a link on an
+/// interface that is gone or another one is unpinned (it holds nothing
+/// worth keeping, and a new link replaces it).
+fn pinned_link(path: &Path, ifindex: u32) -> io::Result<Option<SchedClassifierLink>> {
+    match pins::link_ifindex(path)? {
+        None => return Ok(None),
+        Some(i) if i != ifindex => {
+            // Unpinning takes the old program off that other interface.
+            std::fs::remove_file(path)?;
+            return Ok(None);
+        }
+        Some(_) => {}
+    }
+    let pinned = PinnedLink::from_pin(path).map_err(|e| io::Error::other(e.to_string()))?;
+    SchedClassifierLink::try_from(FdLink::from(pinned))
+        .map(Some)
+        .map_err(|e| io::Error::other(e.to_string()))
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use neuwerk_abi as abi;
-use neuwerk_core::policy::{PortSet, Proto};
+use neuwerk_core::policy::{PortRange, PortSet, Proto};
 
 use crate::error::DataplaneError;
 
@@ -26,6 +26,30 @@ pub fn abi_ranges(ps: &PortSet) -> Vec<abi::PortRange> {
             },
             all: u8::from(*r == neuwerk_core::policy::PortRange::ALL),
             reserved: [0; 2],
+        })
+        .collect()
+}
+
+/// The ranges of a port set map entry, as the policy states them (the
+/// inverse of [`abi_ranges`]).
+pub fn ranges_from_abi(ps: &abi::PortSet) -> Vec<PortRange> {
+    let n = (ps.count as usize).min(abi::PORTSET_RANGES);
+    ps.ranges[..n]
+        .iter()
+        .map(|r| {
+            if r.all != 0 {
+                return PortRange::ALL;
+            }
+            let proto = match r.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                _ => Proto::Any,
+            };
+            PortRange {
+                proto,
+                lo: r.lo,
+                hi: r.hi,
+            }
         })
         .collect()
 }
@@ -62,6 +86,20 @@ impl Interner {
             next: 1, // 0 marks an unused slot in the kernel
             cap,
         }
+    }
+
+    /// The interner a previous daemon left: `rows[i]` is the content of
+    /// id `i + 1` as the port set map holds it (ids are handed out in
+    /// order, so the rows are dense). Ids keep their contents; new sets
+    /// get ids after them.
+    pub fn restore(rows: &[abi::PortSet], cap: u32) -> Self {
+        let mut i = Interner::with_capacity(cap);
+        for ps in rows {
+            let n = (ps.count as usize).min(abi::PORTSET_RANGES);
+            i.ids.entry(ps.ranges[..n].to_vec()).or_insert(i.next);
+            i.next += 1;
+        }
+        i
     }
 
     /// Port set ids handed out (entries written to the map).
@@ -104,7 +142,6 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use neuwerk_core::policy::PortRange;
 
     fn tcp(lo: u16, hi: u16) -> PortRange {
         PortRange {
@@ -142,10 +179,47 @@ mod tests {
     }
 
     #[test]
+    fn abi_ranges_read_back_as_written() {
+        let ps = PortSet::new(vec![tcp(443, 443), PortRange::ALL]);
+        let back = ranges_from_abi(&abi_portset(&abi_ranges(&ps)));
+        assert_eq!(PortSet::new(back), ps);
+    }
+
+    #[test]
     fn all_ports_range_is_flagged() {
         let r = abi_ranges(&PortSet::all());
         assert_eq!(r[0].all, 1);
         assert_eq!(r[0].proto, abi::PROTO_ANY);
+    }
+
+    #[test]
+    fn a_restored_interner_keeps_ids_and_goes_on_after_them() {
+        let mut i = Interner::default();
+        let mut fresh = Vec::new();
+        let a = i
+            .ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut fresh)
+            .unwrap();
+        let b = i
+            .ids_for(&PortSet::new(vec![tcp(80, 80)]), &mut fresh)
+            .unwrap();
+        let rows: Vec<abi::PortSet> = fresh.iter().map(|(_, ps)| *ps).collect();
+        let mut r = Interner::restore(&rows, PORTSETS_MAX);
+        let mut more = Vec::new();
+        assert_eq!(
+            r.ids_for(&PortSet::new(vec![tcp(80, 80)]), &mut more)
+                .unwrap(),
+            b
+        );
+        assert_eq!(
+            r.ids_for(&PortSet::new(vec![tcp(443, 443)]), &mut more)
+                .unwrap(),
+            a
+        );
+        assert!(more.is_empty(), "known sets are not written again");
+        let c = r
+            .ids_for(&PortSet::new(vec![tcp(22, 22)]), &mut more)
+            .unwrap();
+        assert_eq!(c, vec![3]);
     }
 
     #[test]

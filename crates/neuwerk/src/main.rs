@@ -61,6 +61,14 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Take the programs off the interfaces and remove every pin: the node
+    /// stops filtering. Stopping the daemon (SIGTERM, a crash) leaves them
+    /// enforcing; this is the explicit way to stop for good.
+    Detach {
+        /// The config file (its interfaces and `dataplane.pin_dir`).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Policy file tools.
     Policy {
         #[command(subcommand)]
@@ -137,6 +145,7 @@ fn main() -> ExitCode {
     disable_huge_pages();
     match Cli::parse().command {
         Command::Run { config } => run(&config),
+        Command::Detach { config } => detach(&config),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match neuwerk_core::policy::load_policy_file(&file) {
@@ -183,6 +192,37 @@ fn run(config: &Path) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("neuwerk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn detach(config: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("neuwerk: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pins = neuwerk_datapath::pins::PinLayout::new(&config.dataplane.pin_dir);
+    match neuwerk_datapath::pins::detach(&pins) {
+        Ok(d) if d.links == 0 && d.map_dirs == 0 => {
+            println!("nothing pinned at {}", pins.dir().display());
+            ExitCode::SUCCESS
+        }
+        Ok(d) => {
+            println!(
+                "detached: {} program link(s) and {} map set(s) removed from {}; the node no \
+                 longer filters",
+                d.links,
+                d.map_dirs,
+                pins.dir().display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("neuwerk: detaching {}: {e}", pins.dir().display());
             ExitCode::FAILURE
         }
     }

@@ -25,6 +25,9 @@ const LOST_POLL: Duration = Duration::from_secs(1);
 /// syscall per 4096 entries), so it is rare; the gauges it feeds are
 /// coarse by nature.
 const MAP_COUNT: Duration = Duration::from_secs(30);
+/// How often the names log is checked for compaction (a comparison under a
+/// lock; the walk and rewrite happen only when it has grown).
+const NAMES_COMPACT: Duration = Duration::from_secs(5);
 
 /// The DNS proxy's grant sink: the store, then metrics and the bus.
 pub struct ReportingSink {
@@ -105,10 +108,12 @@ pub async fn pump_packet_events(node: Arc<Node>, bus: EventBus) {
     }
 }
 
-/// Reports events the kernel could not deliver, and counts the large maps.
+/// Reports events the kernel could not deliver, counts the large maps and
+/// keeps the names log compact.
 pub async fn poll_counts(node: Arc<Node>, bus: EventBus) {
     let mut lost_tick = tokio::time::interval(LOST_POLL);
     let mut count_tick = tokio::time::interval(MAP_COUNT);
+    let mut names_tick = tokio::time::interval(NAMES_COMPACT);
     let mut lost_seen = node.dataplane.events_lost();
     loop {
         tokio::select! {
@@ -117,6 +122,14 @@ pub async fn poll_counts(node: Arc<Node>, bus: EventBus) {
                 if lost > lost_seen {
                     bus.publish(Event::Lost { count: lost - lost_seen });
                     lost_seen = lost;
+                }
+            }
+            _ = names_tick.tick() => {
+                let n = node.clone();
+                match tokio::task::spawn_blocking(move || n.dataplane.compact_names()).await {
+                    Ok(Ok(Some(kept))) => tracing::debug!(kept, "names log compacted"),
+                    Ok(Err(e)) => tracing::warn!("compacting the names log: {e}"),
+                    _ => {}
                 }
             }
             _ = count_tick.tick() => {

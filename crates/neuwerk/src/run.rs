@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use neuwerk_core::config::Config;
 use neuwerk_core::grants::GrantStore;
+use neuwerk_datapath::pins::Persistence;
 use neuwerk_datapath::{Dataplane, DataplaneConfig};
 use neuwerk_dns::{DnsServer, ProxyContext};
 use neuwerk_mgmt::{EventBus, Metrics, MgmtObserver, Server};
@@ -54,19 +55,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dns_listen: config.dns.listen.clone(),
             conntrack: config.conntrack,
             forwarding: config.interfaces.forwarding,
+            pin_dir: config.dataplane.pin_dir.clone(),
         },
         &loaded.policy,
     )?);
-    tracing::info!(
-        ingress = %config.interfaces.ingress,
-        egress = %config.interfaces.egress,
-        forwarding = ?config.interfaces.forwarding,
-        // Veths whose other end is in another namespace get packets
-        // handed straight to it (bpf/lib/forward.h).
-        veth_handoff = ?dataplane.forwarding().peer_ifindex.map(|i| i != 0),
-        "dataplane attached"
-    );
     let store = Arc::new(GrantStore::new(dataplane.clone()));
+    report_attach(&config, &dataplane, &store);
     let state = Arc::new(PolicyState {
         file: config.policy.file.clone(),
         audit: config.policy.audit,
@@ -137,9 +131,51 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         t.abort();
     }
     let _ = mgmt.await;
-    tracing::info!("shutting down: detaching the dataplane");
+    tracing::info!(
+        pin_dir = %config.dataplane.pin_dir.display(),
+        "shutting down: leaving the dataplane in place, enforcing what it holds \
+         (`neuwerk detach` removes it)"
+    );
     drop(node);
     dns_result.map_err(Into::into)
+}
+
+/// Takes the grants found pinned into the store and says what the start
+/// found: adopted or new maps, and whether the pins outlive this process.
+fn report_attach(config: &Config, dataplane: &Dataplane, store: &Store) {
+    let pinned = dataplane.take_pinned_grants();
+    store.adopt(&pinned);
+    let adoption = dataplane.adoption();
+    let pin_dir = config.dataplane.pin_dir.display();
+    if adoption.adopted {
+        tracing::info!(
+            %pin_dir,
+            grants = pinned.len(),
+            links_replaced = adoption.links_replaced,
+            "adopted the pinned dataplane: its grants, connections and counters stay"
+        );
+    }
+    for dropped in &adoption.dropped_layouts {
+        tracing::warn!("{dropped}");
+    }
+    if adoption.persistence == Persistence::Private {
+        tracing::warn!(
+            %pin_dir,
+            "bpffs is private to this process (it runs in a mount namespace of its own, as \
+             under `ip netns exec`): the pins will not outlive this process, and the node \
+             stops filtering when it exits; run neuwerk in the host's mount namespace (for a \
+             network namespace: nsenter --net=/run/netns/NAME neuwerk run ...)"
+        );
+    }
+    tracing::info!(
+        ingress = %config.interfaces.ingress,
+        egress = %config.interfaces.egress,
+        forwarding = ?config.interfaces.forwarding,
+        // Veths whose other end is in another namespace get packets
+        // handed straight to it (bpf/lib/forward.h).
+        veth_handoff = ?dataplane.forwarding().peer_ifindex.map(|i| i != 0),
+        "dataplane attached"
+    );
 }
 
 /// Resolves at SIGTERM or SIGINT.

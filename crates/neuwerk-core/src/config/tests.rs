@@ -389,3 +389,18 @@ fn the_shipped_example_config_parses() {
     assert_eq!(c.management.token, None);
     assert_eq!(c.logging, LoggingConfig::default());
 }
+
+#[test]
+fn the_pin_dir_defaults_per_ingress_and_can_move() {
+    let c = ok(&with_tail(""));
+    assert_eq!(c.dataplane.pin_dir, Path::new("/sys/fs/bpf/neuwerk/nwi0"));
+    let c = ok(&with_tail("dataplane:\n  pin_dir: /sys/fs/bpf/site-a\n"));
+    assert_eq!(c.dataplane.pin_dir, Path::new("/sys/fs/bpf/site-a"));
+    let e = err(&with_tail("dataplane:\n  pin_dir: relative/dir\n"));
+    assert!(
+        e.contains("c.yaml:10:12: pin_dir `relative/dir` must be an absolute path"),
+        "{e}"
+    );
+    let e = err(&with_tail("dataplane:\n  pin_dri: /x\n"));
+    assert!(e.contains("did you mean `pin_dir`"), "{e}");
+}

@@ -61,11 +61,14 @@ pub enum GrantEvent {
     Revoked(Grant),
 }
 
-/// One (ports, deadline) pair of a granted address, as the backend writes it.
+/// One (ports, deadline) pair of a granted address, as the backend writes
+/// it, with the queried name it was learned for (kept beside the kernel's
+/// entry, so that a restarted daemon knows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantEntry<'a> {
     pub ports: &'a PortSet,
     pub expires_ns: u64,
+    pub hostname: &'a str,
 }
 
 /// Where the store puts what it holds: the kernel's grant map. Every call

@@ -236,6 +236,21 @@ impl<B: GrantBackend> GrantStore<B> {
         results
     }
 
+    /// Takes in grants the kernel's map already enforces (a restarted
+    /// daemon finds them pinned): held, expired and revoked like learned
+    /// ones, and not written again.
+    pub fn adopt(&self, grants: &[Grant]) {
+        let mut inner = self.lock();
+        for g in grants {
+            inner.record(g, None);
+            if let Some(list) = inner.held.get_mut(&(g.network.clone(), g.addr)) {
+                for h in list.iter_mut() {
+                    h.written_ns = h.expires_ns;
+                }
+            }
+        }
+    }
+
     /// Drops every grant whose deadline is at or before `now_ns` and returns
     /// them. The kernel already refuses them (it checks deadlines per
     /// packet); this frees their memory and reports them.

@@ -507,3 +507,28 @@ fn learn_many_fails_exactly_the_batches_with_a_failing_key() {
 /// Kernel entries that lag the store (REFRESH_MARGIN_NS).
 #[path = "store_lag_tests.rs"]
 mod lag;
+
+#[test]
+fn adopted_grants_are_held_and_expire_without_being_written() {
+    let s = GrantStore::new(Recorder::default());
+    s.adopt(&[
+        grant("a.example.com", "192.0.2.1", 443, 100),
+        grant("b.example.com", "192.0.2.1", 80, 300),
+    ]);
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        s.backend()
+            .writes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(s.allows("clients", "192.0.2.1".parse().unwrap(), 6, 443, 50));
+    let gone = s.expire(150);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(&*gone[0].hostname, "a.example.com");
+    // What is left of the address is written: the kernel must drop 443.
+    assert_eq!(
+        backend_entries(&s, "192.0.2.1"),
+        Some(vec![(ports(80), 300)])
+    );
+}

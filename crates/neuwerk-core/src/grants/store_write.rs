@@ -135,6 +135,7 @@ fn entry(h: &HeldGrant) -> GrantEntry<'_> {
     GrantEntry {
         ports: &h.ports,
         expires_ns: h.expires_ns,
+        hostname: &h.hostname,
     }
 }
 
