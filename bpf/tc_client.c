@@ -37,6 +37,7 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 					  __u32 *net_id)
 {
 	__u64 now = ct_now();
+	struct nw_ct_origin origin = {};
 	struct nw_ct_key ct = {};
 	struct nw_ct_value *tracked;
 	struct nw_net_value *net;
@@ -63,19 +64,22 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 	if (!net)
 		return NW_DROP_NO_NETWORK;
 	*net_id = net->net_id;
+	origin.net_id = net->net_id;
 	if (rule_allows(gen, net->net_id, f)) {
-		ct_create(&ct, f, net->net_id, now);
+		ct_create(&ct, f, &origin, now);
 		return NW_PASS_RULE;
 	}
 	/* Grant deadlines are exact: the precise clock, on new connections only. */
-	if (grant_allows(net->net_id, f, bpf_ktime_get_ns())) {
-		ct_create(&ct, f, net->net_id, now);
+	if (grant_allows(net->net_id, f, bpf_ktime_get_ns(), &origin.name_id)) {
+		origin.flags = NW_CT_GRANT;
+		ct_create(&ct, f, &origin, now);
 		return NW_PASS_GRANT;
 	}
 	/* Tracked so that its replies pass; its later packets then count
 	 * as tracked (allowed), this first one as audit. */
 	if (audit_allows(net)) {
-		ct_create(&ct, f, net->net_id, now);
+		origin.flags = NW_CT_AUDIT;
+		ct_create(&ct, f, &origin, now);
 		return NW_PASS_AUDIT;
 	}
 	return NW_DROP_POLICY;

@@ -85,16 +85,26 @@ static __always_inline struct nw_ct_value *ct_touch(const struct nw_ct_key *k,
 	return v;
 }
 
+/* What opened a connection, kept in its entry: a policy reload closes it
+ * only when the new policy no longer allows what opened it. */
+struct nw_ct_origin {
+	__u32 net_id;
+	__u32 flags;   /* 0 (a static rule), NW_CT_GRANT or NW_CT_AUDIT */
+	__u32 name_id; /* NW_CT_GRANT: the grant's queried name */
+};
+
 static __always_inline void ct_create(const struct nw_ct_key *k, const struct nw_flow *f,
-				      __u32 net_id, __u64 now)
+				      const struct nw_ct_origin *o, __u64 now)
 {
 	struct nw_ct_value v = {
 		.last_seen_ns = now,
-		.net_id = net_id,
+		.net_id = o->net_id,
+		.flags = o->flags,
+		.name_id = o->name_id,
 	};
 
 	if (k->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-		v.flags = NW_CT_CLOSING;
+		v.flags |= NW_CT_CLOSING;
 	bpf_map_update_elem(&nw_conntrack, k, &v, BPF_ANY);
 }
 

@@ -70,8 +70,10 @@ static __always_inline int rule_allows(__u32 gen, __u32 net_id, const struct nw_
 	return 0;
 }
 
-/* 2. grants, with the deadline checked against the packet's time */
-static __always_inline int grant_allows(__u32 net_id, const struct nw_flow *f, __u64 now)
+/* 2. grants, with the deadline checked against the packet's time; `*name_id`
+ * receives the queried name of the slot that allows it */
+static __always_inline int grant_allows(__u32 net_id, const struct nw_flow *f, __u64 now,
+					__u32 *name_id)
 {
 	struct nw_grant_key key = { .net_id = net_id };
 	struct nw_grant_value *gv;
@@ -84,8 +86,10 @@ static __always_inline int grant_allows(__u32 net_id, const struct nw_flow *f, _
 	for (i = 0; i < NW_GRANT_SLOTS; i++) {
 		struct nw_grant_slot *s = &gv->slots[i];
 
-		if (s->portset && s->expires_ns > now && portset_allows(s->portset, f))
+		if (s->portset && s->expires_ns > now && portset_allows(s->portset, f)) {
+			*name_id = s->name_id;
 			return 1;
+		}
 	}
 	return 0;
 }

@@ -17,7 +17,7 @@
 /* Bump when a struct below changes meaning without changing size: a
  * starting daemon adopts pinned maps only of its own version and layout
  * (crates/neuwerk-datapath/src/pins.rs). */
-#define NW_ABI_VERSION 1
+#define NW_ABI_VERSION 2
 
 #define NW_PORTSET_RANGES 16   /* ranges in one port set */
 #define NW_RULE_SLOTS 8        /* port sets per static-rule prefix */
@@ -105,11 +105,15 @@ struct nw_ct_key {
 };
 
 #define NW_CT_CLOSING 0x1 /* FIN or RST seen: the short timeout applies */
+#define NW_CT_GRANT 0x2   /* opened by a DNS-learned grant (name_id says whose) */
+#define NW_CT_AUDIT 0x4   /* opened only because the network audits */
 
 struct nw_ct_value {
 	__u64 last_seen_ns;
 	__u32 net_id;
-	__u32 flags;
+	__u32 flags;   /* NW_CT_* */
+	__u32 name_id; /* NW_CT_GRANT: the queried name of that grant (nw_names), 0 unknown */
+	__u32 reserved;
 };
 
 /* Key of the local DNS listeners: traffic to these always passes. */

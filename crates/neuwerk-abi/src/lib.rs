@@ -8,7 +8,7 @@
 
 /// `NW_ABI_VERSION`: bumped when a struct changes meaning without
 /// changing size; pinned maps of another version are not adopted as they are.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Bytes of records one page of the names log holds.
 pub const NAME_PAGE_DATA: usize = 4024;
 /// Names log record kind: a network's name, by network id.
@@ -30,6 +30,10 @@ pub const NET_KEY_PREFIX_BITS: u32 = 32;
 pub const RULE_KEY_PREFIX_BITS: u32 = 64;
 /// Conntrack flag: FIN or RST seen, the short timeout applies.
 pub const CT_CLOSING: u32 = 1;
+/// Conntrack flag: opened by a DNS-learned grant ([`CtValue::name_id`]).
+pub const CT_GRANT: u32 = 2;
+/// Conntrack flag: opened only because the network audits.
+pub const CT_AUDIT: u32 = 4;
 /// Network flag ([`NetValue::flags`]): audit mode, policy drops pass and
 /// are counted and reported as [`Reason::PassAudit`].
 pub const NET_AUDIT: u32 = 1;
@@ -138,7 +142,12 @@ pub struct CtKey {
 pub struct CtValue {
     pub last_seen_ns: u64,
     pub net_id: u32,
+    /// `CT_*` flags.
     pub flags: u32,
+    /// With [`CT_GRANT`]: the queried name of that grant (names log id),
+    /// 0 unknown.
+    pub name_id: u32,
+    pub reserved: u32,
 }
 
 /// Key of the local DNS listeners hash.
@@ -406,7 +415,8 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 40);
         assert_eq!(offset_of!(CtKey, sport), 32);
         assert_eq!(offset_of!(CtKey, proto), 36);
-        assert_eq!(size_of::<CtValue>(), 16);
+        assert_eq!(size_of::<CtValue>(), 24);
+        assert_eq!(offset_of!(CtValue, name_id), 16);
         assert_eq!(size_of::<LocalKey>(), 20);
         assert_eq!(offset_of!(LocalKey, port), 16);
         assert_eq!(size_of::<State>(), 8);

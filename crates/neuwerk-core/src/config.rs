@@ -21,6 +21,7 @@
 //!   tcp_idle: 1h
 //! dataplane:                  # optional
 //!   pin_dir: /sys/fs/bpf/neuwerk/nwi0  # default /sys/fs/bpf/neuwerk/<ingress>
+//!   forwarding_sysctls: set   # or require: refuse to start while IP forwarding is off
 //! logging:                    # optional
 //!   format: text              # or json
 //!   level: info               # a tracing filter; RUST_LOG, when set, wins
@@ -76,6 +77,19 @@ pub struct DataplaneConfig {
     /// programs keep enforcing when no daemon runs (default
     /// `/sys/fs/bpf/neuwerk/<ingress>`).
     pub pin_dir: PathBuf,
+    /// What to do when IP forwarding is off at start.
+    pub forwarding_sysctls: ForwardingSysctls,
+}
+
+/// The node forwards what the policy passes, so IPv4 and IPv6 forwarding
+/// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`) must be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardingSysctls {
+    /// Turn them on at start when they are off, and log it.
+    #[default]
+    Set,
+    /// Leave them alone: refuse to start while one is off.
+    Require,
 }
 
 /// What to answer for a denied name.
@@ -246,6 +260,7 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
     let dataplane = match f.get("dataplane") {
         None => DataplaneConfig {
             pin_dir: default_pin_dir(&interfaces.ingress),
+            forwarding_sysctls: ForwardingSysctls::default(),
         },
         Some(e) => decode_dataplane(&e.value, &interfaces.ingress)?,
     };
@@ -270,7 +285,7 @@ pub fn default_pin_dir(ingress: &str) -> PathBuf {
 }
 
 fn decode_dataplane(node: &Node, ingress: &str) -> Result<DataplaneConfig, Error> {
-    let f = node.fields("`dataplane`", &["pin_dir"])?;
+    let f = node.fields("`dataplane`", &["pin_dir", "forwarding_sysctls"])?;
     let pin_dir = match f.get("pin_dir") {
         None => default_pin_dir(ingress),
         Some(e) => {
@@ -287,7 +302,21 @@ fn decode_dataplane(node: &Node, ingress: &str) -> Result<DataplaneConfig, Error
             dir
         }
     };
-    Ok(DataplaneConfig { pin_dir })
+    let forwarding_sysctls = match f.get("forwarding_sysctls") {
+        None => ForwardingSysctls::default(),
+        Some(e) => e.value.parse_with("`set` or `require`", |s| match s {
+            "set" => Ok(ForwardingSysctls::Set),
+            "require" => Ok(ForwardingSysctls::Require),
+            _ => Err(format!(
+                "unknown forwarding_sysctls `{s}`; expected `set` (turn IP forwarding on at \
+                 start) or `require` (refuse to start while it is off)"
+            )),
+        })?,
+    };
+    Ok(DataplaneConfig {
+        pin_dir,
+        forwarding_sysctls,
+    })
 }
 
 const DNS_KEYS: &[&str] = &[

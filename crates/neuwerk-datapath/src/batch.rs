@@ -150,6 +150,92 @@ pub(crate) fn walk_entries<K: Pod, V: Pod>(
     }
 }
 
+/// `enum bpf_cmd` value of BPF_MAP_UPDATE_BATCH.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Entry sizes of a map as its syscalls see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntrySizes {
+    pub key: usize,
+    /// A value as lookups return it (for per-CPU maps: every CPU's, each
+    /// rounded up to 8 bytes).
+    pub value: usize,
+}
+
+/// Copies every entry of the map behind `from` into the map behind `to`,
+/// a chunk per syscall each way, passing each value through `convert`
+/// (old bytes in, new bytes out). Works on hash and array maps; returns
+/// how many entries were written.
+pub(crate) fn copy_entries(
+    from: &OwnedFd,
+    to: &OwnedFd,
+    sizes: (EntrySizes, EntrySizes),
+    mut convert: impl FnMut(&[u8], &mut [u8]),
+) -> io::Result<u64> {
+    let (old, new) = sizes;
+    if old.key != new.key {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "key sizes differ",
+        ));
+    }
+    let chunk = COUNT_CHUNK
+        .min((1 << 24) / old.value.max(new.value).max(1))
+        .max(1);
+    let mut keys = vec![0u8; chunk * old.key];
+    let mut values = vec![0u8; chunk * old.value];
+    let mut converted = vec![0u8; chunk * new.value];
+    let mut at = vec![0u8; old.key.max(8)];
+    let mut next = at.clone();
+    let mut first = true;
+    let mut copied = 0u64;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { at.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: from.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the kernel's bpf_attr.batch layout; the buffers hold
+        // `count` keys and values of the sizes the caller read from the
+        // map's info, the batch positions a key's size at least.
+        let done = match unsafe { sys::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e),
+        };
+        let n = (attr.count as usize).min(chunk);
+        for i in 0..n {
+            convert(
+                &values[i * old.value..(i + 1) * old.value],
+                &mut converted[i * new.value..(i + 1) * new.value],
+            );
+        }
+        if n > 0 {
+            let mut up = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: converted.as_ptr() as u64,
+                count: n as u32,
+                map_fd: to.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: as above, for `n` keys and converted values of the
+            // new map's sizes; the kernel only reads them.
+            let written = unsafe { sys::bpf(BPF_MAP_UPDATE_BATCH, &mut up) };
+            copied += u64::from(up.count);
+            written?;
+        }
+        if done {
+            return Ok(copied);
+        }
+        std::mem::swap(&mut at, &mut next);
+        first = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aya::maps::{HashMap, Map, MapData};

@@ -33,6 +33,7 @@ use neuwerk_core::policy::{Policy, PortSet};
 
 use crate::addr::{addr_bytes, addr_from_bytes};
 use crate::adopt::{self, Dictionary};
+use crate::carry;
 use crate::compile::{compile, plan, NetIds, NetNames, Plan, Tables};
 use crate::error::DataplaneError;
 use crate::loader::{self, EventLimits, ForwardSetup, LoadConstants};
@@ -68,13 +69,13 @@ pub struct Adoption {
     pub links_replaced: bool,
     /// Whether the pins outlive this process.
     pub persistence: Persistence,
-    /// Maps directories of other layouts that were removed, with what
-    /// could not be carried over from them.
-    pub dropped_layouts: Vec<String>,
+    /// What was carried over from maps of other layouts (an upgrade that
+    /// changed them), map by map, and which were removed.
+    pub carried: Vec<String>,
 }
 
 /// A tracked connection as userspace sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -82,6 +83,21 @@ pub struct Connection {
     pub dport: u16,
     pub proto: u8,
     pub last_seen_ns: u64,
+    /// What allowed its first packet.
+    pub origin: Origin,
+}
+
+/// What allowed a tracked connection's first packet (recorded by the
+/// kernel in its entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A static rule of its network.
+    Rule,
+    /// A DNS-learned grant for this queried name (`None`: the name is not
+    /// known, as for connections carried over from an older layout).
+    Grant(Option<Arc<str>>),
+    /// Nothing: its network audits.
+    Audit,
 }
 
 struct Maps {
@@ -252,10 +268,14 @@ pub struct Dataplane {
     pins: PinLayout,
     /// What the start found pinned.
     adoption: Adoption,
+    /// The two programs as attached, to check that they still are.
+    attached: Vec<loader::Attached>,
     /// Grants found in the pinned grant map, until the store takes them.
     pinned_grants: Mutex<Vec<Grant>>,
-    /// The grant map, for walks that find which names it references.
+    /// The grant and conntrack maps, for walks that find which names they
+    /// reference.
     grant_walk: std::os::fd::OwnedFd,
+    ct_walk: std::os::fd::OwnedFd,
     /// The loaded programs (the pinned links hold them attached).
     _ebpf: Ebpf,
 }
@@ -305,10 +325,18 @@ impl Dataplane {
             events,
         };
         let mut ebpf = loader::load(consts, &maps_dir)?;
+        let mut carried = Vec::new();
+        if !adopted {
+            for (other, dir) in pins.map_dirs().into_iter().filter(|(l, _)| *l != layout) {
+                carried.push(format!("from the maps of layout {other:016x}:"));
+                carried.extend(carry::carry_over(&dir, &ebpf));
+            }
+        }
         stamp(&mut ebpf, layout)?;
         let stats = Stats::open(&mut ebpf)?;
         let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
         let grants_fd = crate::stats::dup_map_fd(&ebpf, "nw_grants")?;
+        let ct_walk = crate::stats::dup_map_fd(&ebpf, "nw_conntrack")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
         let (names, restored) = NameLog::open(take(&mut ebpf, "nw_names")?)?;
         let ids = NetIds::restore(&restored.networks);
@@ -359,10 +387,12 @@ impl Dataplane {
                 adopted,
                 links_replaced: false,
                 persistence,
-                dropped_layouts: Vec::new(),
+                carried: Vec::new(),
             },
+            attached: Vec::new(),
             pinned_grants: Mutex::new(pinned.grants),
             grant_walk: grants_fd,
+            ct_walk,
             _ebpf: ebpf,
         };
         let _ = dp.grant_delete.delete(&pinned.dead);
@@ -383,9 +413,31 @@ impl Dataplane {
             &dp.pins,
             Hook::Upstream,
         )?;
-        dp.adoption.links_replaced = client && upstream;
-        dp.adoption.dropped_layouts = dp.remove_other_layouts(layout);
+        dp.adoption.links_replaced = client.replaced && upstream.replaced;
+        dp.attached = vec![client, upstream];
+        carried.extend(dp.remove_other_layouts(layout));
+        dp.adoption.carried = carried;
         Ok(dp)
+    }
+
+    /// Whether both programs are still attached to their interfaces; the
+    /// reason when not.
+    pub fn check_attached(&self) -> Result<(), String> {
+        self.attached.iter().try_for_each(loader::Attached::check)
+    }
+
+    /// Whether the generation the packets read is the one this daemon
+    /// wrote its policy under; the reason when not.
+    pub fn check_policy(&self) -> Result<(), String> {
+        let m = self.lock();
+        match m.state.get(&0, 0) {
+            Ok(s) if s.active_gen == m.gen => Ok(()),
+            Ok(s) => Err(format!(
+                "the kernel reads policy generation {}, not {}",
+                s.active_gen, m.gen
+            )),
+            Err(e) => Err(format!("reading nw_state: {e}")),
+        }
     }
 
     /// What the start found pinned and did with it.
@@ -406,9 +458,11 @@ impl Dataplane {
 
     /// Compacts the names log once it holds more records appended since
     /// the last compaction than names then known (and at least
-    /// [`NAMES_COMPACT_MIN`]): a walk of the grant map, without locks,
-    /// finds the names still referenced; the log is rewritten with those
-    /// (and any used meanwhile) under the interning lock. Returns how many
+    /// [`NAMES_COMPACT_MIN`]): walks of the grant map, then of the
+    /// connections (a connection is only ever opened by a grant the first
+    /// walk saw, or by one learned since, whose name is kept), without
+    /// locks, find the names still referenced; the log is rewritten with
+    /// those (and any used meanwhile) under the interning lock. Returns how many
     /// names were kept, `None` when not needed. Call it from a background
     /// task every few seconds.
     pub fn compact_names(&self) -> std::io::Result<Option<usize>> {
@@ -430,6 +484,11 @@ impl Dataplane {
                 }
             },
         )?;
+        crate::batch::walk_entries::<abi::CtKey, abi::CtValue>(&self.ct_walk, |_, values| {
+            for v in values.iter().filter(|v| v.flags & abi::CT_GRANT != 0) {
+                referenced.insert(v.name_id);
+            }
+        })?;
         let mut g = self.interned();
         let networks: Vec<(u32, Arc<str>)> = (1..=g.ids.names().max_id())
             .filter_map(|id| Some((id, g.ids.name(id)?)))
@@ -438,25 +497,22 @@ impl Dataplane {
     }
 
     /// Removes the maps of other layouts, now that no attached program
-    /// uses them, and says what of them was not carried over.
+    /// uses them; says which.
     fn remove_other_layouts(&self, layout: u64) -> Vec<String> {
-        let mut dropped = Vec::new();
+        let mut removed = Vec::new();
         for (other, dir) in self.pins.map_dirs() {
             if other == layout {
                 continue;
             }
-            let what = format!(
-                "maps of layout {other:016x} at {} (grants, tracked connections and \
-                 counters of another build) were not carried over",
-                dir.display()
-            );
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                dropped.push(format!("{what}, and removing them failed: {e}"));
-            } else {
-                dropped.push(what);
-            }
+            removed.push(match std::fs::remove_dir_all(&dir) {
+                Ok(()) => format!(
+                    "removed the maps of layout {other:016x} ({})",
+                    dir.display()
+                ),
+                Err(e) => format!("removing {} failed: {e}", dir.display()),
+            });
         }
-        dropped
+        removed
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {
@@ -573,19 +629,18 @@ impl Dataplane {
     pub fn retain_connections(&self, mut keep: impl FnMut(&Connection, &str) -> bool) -> usize {
         let mut m = self.lock();
         let names = self.names.with(<[_]>::to_vec);
-        let doomed: Vec<abi::CtKey> = m
-            .conntrack
+        let entries: Vec<(abi::CtKey, abi::CtValue)> =
+            m.conntrack.iter().filter_map(Result::ok).collect();
+        let wanted: HashSet<u32, RandomState> = entries
             .iter()
-            .filter_map(Result::ok)
+            .filter(|(_, v)| v.flags & abi::CT_GRANT != 0)
+            .map(|(_, v)| v.name_id)
+            .collect();
+        let hostnames = self.interned().names.hostnames_of(&wanted);
+        let doomed: Vec<abi::CtKey> = entries
+            .into_iter()
             .filter(|(k, v)| {
-                let c = Connection {
-                    src: addr_from_bytes(k.saddr),
-                    dst: addr_from_bytes(k.daddr),
-                    sport: k.sport,
-                    dport: k.dport,
-                    proto: k.proto,
-                    last_seen_ns: v.last_seen_ns,
-                };
+                let c = connection(k, v, &hostnames);
                 let net = (v.net_id as usize)
                     .checked_sub(1)
                     .and_then(|i| names.get(i))
@@ -598,6 +653,31 @@ impl Dataplane {
             let _ = m.conntrack.remove(k);
         }
         doomed.len()
+    }
+}
+
+/// A conntrack entry as a [`Connection`], its grant's hostname from
+/// `hostnames`.
+fn connection(
+    k: &abi::CtKey,
+    v: &abi::CtValue,
+    hostnames: &std::collections::HashMap<u32, Arc<str>, RandomState>,
+) -> Connection {
+    let origin = if v.flags & abi::CT_GRANT != 0 {
+        Origin::Grant(hostnames.get(&v.name_id).cloned())
+    } else if v.flags & abi::CT_AUDIT != 0 {
+        Origin::Audit
+    } else {
+        Origin::Rule
+    };
+    Connection {
+        src: addr_from_bytes(k.saddr),
+        dst: addr_from_bytes(k.daddr),
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+        last_seen_ns: v.last_seen_ns,
+        origin,
     }
 }
 

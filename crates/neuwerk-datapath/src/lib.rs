@@ -17,6 +17,7 @@
 pub mod addr;
 mod adopt;
 mod batch;
+mod carry;
 pub mod compile;
 pub mod dataplane;
 pub mod error;
@@ -32,7 +33,7 @@ mod scratch;
 pub mod stats;
 mod sys;
 
-pub use dataplane::{Adoption, Dataplane, DataplaneConfig};
+pub use dataplane::{Adoption, Connection, Dataplane, DataplaneConfig, Origin};
 pub use error::DataplaneError;
 pub use events::PacketEvents;
 pub use loader::EventLimits;

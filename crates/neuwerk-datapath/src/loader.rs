@@ -142,15 +142,14 @@ pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneErro
 /// Loads program `name` into the kernel and attaches it to the ingress of
 /// `iface` through the link pinned for `hook`: an existing link gets the
 /// program swapped in atomically; otherwise (or when that link's interface
-/// is gone) a new TCX link is made and pinned. Returns whether an existing
-/// link was updated.
+/// is gone) a new TCX link is made and pinned.
 pub fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     iface: &str,
     pins: &PinLayout,
     hook: Hook,
-) -> Result<bool, DataplaneError> {
+) -> Result<Attached, DataplaneError> {
     let attach_err = |reason: String| DataplaneError::Attach {
         name,
         iface: iface.to_string(),
@@ -165,6 +164,16 @@ pub fn attach(
         name,
         source: Box::new(e),
     })?;
+    let mut done = Attached {
+        program: name,
+        iface: iface.to_string(),
+        prog_id: 0,
+        replaced: false,
+    };
+    done.prog_id = prog
+        .info()
+        .map_err(|e| attach_err(format!("reading the program's id: {e}")))?
+        .id();
     let path = pins.link(hook);
     let ifindex = interface_index(iface)?;
     if let Some(old) = pinned_link(&path, ifindex).map_err(|e| attach_err(e.to_string()))? {
@@ -173,7 +182,8 @@ pub fn attach(
             .map_err(|e| attach_err(format!("replacing the program of {}: {e}", path.display())))?;
         // Still pinned: dropping our handle leaves the link in place.
         drop(prog.take_link(id));
-        return Ok(true);
+        done.replaced = true;
+        return Ok(done);
     }
     // Needed only for the netlink fallback; already present is fine.
     let _ = tc::qdisc_add_clsact(iface);
@@ -191,7 +201,35 @@ pub fn attach(
     let _ = std::fs::remove_file(&path);
     fd.pin(&path)
         .map_err(|e| attach_err(format!("pinning the link at {}: {e}", path.display())))?;
-    Ok(false)
+    Ok(done)
+}
+
+/// A program attached by [`attach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub program: &'static str,
+    pub iface: String,
+    /// The kernel's id of the loaded program.
+    pub prog_id: u32,
+    /// Whether it was swapped into a link a previous daemon left.
+    pub replaced: bool,
+}
+
+impl Attached {
+    /// Whether the program is still attached to its interface (someone
+    /// may have taken it off by hand).
+    pub fn check(&self) -> Result<(), String> {
+        let (_, progs) = SchedClassifier::query_tcx(&self.iface, TcAttachType::Ingress)
+            .map_err(|e| format!("querying the programs on {}: {e}", self.iface))?;
+        if progs.iter().any(|p| p.id() == self.prog_id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is no longer attached to {}",
+                self.program, self.iface
+            ))
+        }
+    }
 }
 
 /// The link pinned at `path` if it is attached to `ifindex`; a link on an

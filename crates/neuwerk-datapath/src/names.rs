@@ -182,6 +182,21 @@ impl NameLog {
         self.appended += 1;
     }
 
+    /// The names of the hostname ids in `ids` that are known.
+    pub(crate) fn hostnames_of(
+        &self,
+        ids: &HashSet<u32, RandomState>,
+    ) -> HashMap<u32, Arc<str>, RandomState> {
+        if ids.is_empty() {
+            return HashMap::default();
+        }
+        self.hosts
+            .iter()
+            .filter(|(_, h)| ids.contains(&h.id))
+            .map(|(name, h)| (h.id, name.clone()))
+            .collect()
+    }
+
     /// Whether the log has grown enough past what is live to be worth
     /// compacting: more records appended since the last compaction than
     /// names known then, and at least `min` of them.

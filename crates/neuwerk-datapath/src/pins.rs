@@ -208,10 +208,19 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether this process shares the mount namespace of PID 1.
+/// Whether this process shares its parent's mount namespace. `ip netns
+/// exec` gives the process it runs one of its own (with a fresh /sys), and
+/// a bpffs mounted there goes with it. PID 1's would be the better
+/// reference, but containers often refuse to show it; a parent whose
+/// namespace cannot be read counts as shared.
 fn in_host_mount_namespace() -> bool {
-    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    match (ino("/proc/self/ns/mnt"), ino("/proc/1/ns/mnt")) {
+    let ns = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    match (
+        ns("/proc/self/ns/mnt".into()),
+        ns(format!("/proc/{parent}/ns/mnt")),
+    ) {
         (Some(a), Some(b)) => a == b,
         _ => true,
     }

@@ -97,7 +97,10 @@ pub(crate) struct Stats {
 }
 
 /// The kernel's description of a map, before it is taken from `ebpf`.
-fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, DataplaneError> {
+pub(crate) fn map_data<'a>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<&'a MapData, DataplaneError> {
     match ebpf.map(name).ok_or(DataplaneError::MissingMap(name))? {
         Map::Array(m)
         | Map::PerCpuArray(m)

@@ -121,20 +121,31 @@ pub struct ReloadReport {
 }
 
 /// Whether the node is ready to serve; `/readyz` is 200 only when all are.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
-    /// The TC programs are attached.
+    /// Both TC programs are attached to their interfaces (checked).
     pub dataplane_attached: bool,
-    /// A policy is in force.
+    /// The kernel reads the policy generation the daemon wrote.
     pub policy_loaded: bool,
     /// The DNS listeners are bound.
     pub dns_listening: bool,
+    /// IPv4 and IPv6 forwarding are on (else allowed traffic goes nowhere).
+    #[serde(default = "yes")]
+    pub forwarding: bool,
+    /// What is wrong, one line per failing part; empty when ready.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+/// Serde's default for flags an older node does not send.
+fn yes() -> bool {
+    true
 }
 
 impl Readiness {
     /// All flags are set.
     pub fn ready(&self) -> bool {
-        self.dataplane_attached && self.policy_loaded && self.dns_listening
+        self.dataplane_attached && self.policy_loaded && self.dns_listening && self.forwarding
     }
 }
 

@@ -81,13 +81,29 @@ impl Admin for Node {
         self.reloader.reload("admin API")
     }
 
+    /// Every part from its real state, checked now.
     fn readiness(&self) -> Readiness {
+        let attached = self.dataplane.check_attached();
+        let policy = self.dataplane.check_policy();
+        let dns = self.dns_listening.load(Ordering::Relaxed);
+        let off = crate::sysctl::forwarding_off();
+        let mut problems: Vec<String> = [attached.as_ref().err(), policy.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !dns {
+            problems.push("the DNS listeners are not serving yet".into());
+        }
+        if !off.is_empty() {
+            problems.push(format!("IP forwarding is off ({} = 0)", off.join(", ")));
+        }
         Readiness {
-            // The node is built only after the dataplane attached and the
-            // policy loaded; both hold for its whole life.
-            dataplane_attached: true,
-            policy_loaded: true,
-            dns_listening: self.dns_listening.load(Ordering::Relaxed),
+            dataplane_attached: attached.is_ok(),
+            policy_loaded: policy.is_ok(),
+            dns_listening: dns,
+            forwarding: off.is_empty(),
+            problems,
         }
     }
 

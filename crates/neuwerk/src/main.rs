@@ -8,6 +8,7 @@ mod admin;
 mod observe;
 mod reload;
 mod run;
+mod sysctl;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

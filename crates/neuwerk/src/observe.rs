@@ -108,6 +108,36 @@ pub async fn pump_packet_events(node: Arc<Node>, bus: EventBus) {
     }
 }
 
+/// How often readiness is checked in the background, so that a program
+/// taken off by hand is logged even when nobody asks `/readyz`.
+const READINESS_CHECK: Duration = Duration::from_secs(5);
+
+/// Logs each change of readiness once: a program taken off its interface,
+/// the policy generation changed under the daemon, forwarding turned off.
+pub async fn watch_readiness(node: Arc<Node>) {
+    use neuwerk_mgmt::Admin;
+    let mut tick = tokio::time::interval(READINESS_CHECK);
+    let mut last: Vec<String> = Vec::new();
+    // Start-up is not a change worth a log line: watch from the first ready.
+    let mut seen_ready = false;
+    loop {
+        tick.tick().await;
+        let n = node.clone();
+        let Ok(r) = tokio::task::spawn_blocking(move || n.readiness()).await else {
+            continue;
+        };
+        seen_ready |= r.ready();
+        if seen_ready && r.problems != last {
+            if r.ready() {
+                tracing::info!("ready again");
+            } else {
+                tracing::error!("not ready: {}", r.problems.join("; "));
+            }
+            last = r.problems;
+        }
+    }
+}
+
 /// Reports events the kernel could not deliver, counts the large maps and
 /// keeps the names log compact.
 pub async fn poll_counts(node: Arc<Node>, bus: EventBus) {

@@ -12,7 +12,7 @@ use neuwerk_core::events::Event;
 use neuwerk_core::grants::GrantEvent;
 use neuwerk_core::policy::{read_policy_file, NetworkMode, Policy, PolicyError};
 use neuwerk_core::time::monotonic_ns;
-use neuwerk_datapath::Dataplane;
+use neuwerk_datapath::{Connection, Dataplane, Origin};
 use neuwerk_mgmt::{EventBus, Metrics, ReloadReport};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -206,13 +206,9 @@ impl Reloader {
                 .and_then(|n| n.ports_for_name(hostname))
         });
         let now = monotonic_ns();
-        let closed = self.dataplane.retain_connections(|c, _| {
-            policy.network_of(c.src).is_some_and(|n| {
-                n.mode == NetworkMode::Audit
-                    || n.static_allows(c.dst, c.proto, c.dport)
-                    || self.store.allows(&n.name, c.dst, c.proto, c.dport, now)
-            })
-        });
+        let closed = self
+            .dataplane
+            .retain_connections(|c, _| still_allowed(&policy, &self.store, c, now));
         let grants_revoked = revoked.len() as u64;
         for g in revoked {
             self.bus.publish(Event::Grant(GrantEvent::Revoked(g)));
@@ -226,6 +222,26 @@ impl Reloader {
             connections_closed: closed as u64,
         })
     }
+}
+
+/// Whether the policy in force still allows what opened `c`: its network
+/// audits, or a static rule allows it, or a live grant does, or the rule
+/// of the queried name whose grant opened it still matches that name with
+/// its port (however long ago that grant expired).
+fn still_allowed(policy: &Policy, store: &Store, c: &Connection, now: u64) -> bool {
+    let Some(n) = policy.network_of(c.src) else {
+        return false;
+    };
+    let by_name = match &c.origin {
+        Origin::Grant(Some(hostname)) => n
+            .ports_for_name(hostname)
+            .is_some_and(|ports| ports.allows(c.proto, c.dport)),
+        _ => false,
+    };
+    n.mode == NetworkMode::Audit
+        || by_name
+        || n.static_allows(c.dst, c.proto, c.dport)
+        || store.allows(&n.name, c.dst, c.proto, c.dport, now)
 }
 
 #[cfg(test)]

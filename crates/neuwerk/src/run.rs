@@ -48,6 +48,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("management listener {}", config.management.listen))?;
 
+    for name in crate::sysctl::ensure_forwarding(config.dataplane.forwarding_sysctls)
+        .map_err(anyhow::Error::msg)?
+    {
+        tracing::info!("turned {name} on: the node forwards what the policy allows");
+    }
     let dataplane = Arc::new(Dataplane::start(
         &DataplaneConfig {
             ingress: config.interfaces.ingress.clone(),
@@ -115,6 +120,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(observe::sweep_expired(store.clone(), bus.clone())),
         tokio::spawn(observe::pump_packet_events(node.clone(), bus.clone())),
         tokio::spawn(observe::poll_counts(node.clone(), bus.clone())),
+        tokio::spawn(observe::watch_readiness(node.clone())),
     ];
     let mgmt = tokio::spawn(neuwerk_mgmt::serve(mgmt_listener, server, stopped()));
     tracing::info!(listen = %config.management.listen, "management API listening");
@@ -155,8 +161,9 @@ fn report_attach(config: &Config, dataplane: &Dataplane, store: &Store) {
             "adopted the pinned dataplane: its grants, connections and counters stay"
         );
     }
-    for dropped in &adoption.dropped_layouts {
-        tracing::warn!("{dropped}");
+    for line in &adoption.carried {
+        // An upgrade that changed the maps' layout: say what came along.
+        tracing::warn!("upgrade: {line}");
     }
     if adoption.persistence == Persistence::Private {
         tracing::warn!(

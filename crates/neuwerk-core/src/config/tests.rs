@@ -401,6 +401,11 @@ fn the_pin_dir_defaults_per_ingress_and_can_move() {
         e.contains("c.yaml:10:12: pin_dir `relative/dir` must be an absolute path"),
         "{e}"
     );
+    assert_eq!(c.dataplane.forwarding_sysctls, ForwardingSysctls::Set);
+    let c = ok(&with_tail("dataplane:\n  forwarding_sysctls: require\n"));
+    assert_eq!(c.dataplane.forwarding_sysctls, ForwardingSysctls::Require);
+    let e = err(&with_tail("dataplane:\n  forwarding_sysctls: maybe\n"));
+    assert!(e.contains("unknown forwarding_sysctls `maybe`"), "{e}");
     let e = err(&with_tail("dataplane:\n  pin_dri: /x\n"));
     assert!(e.contains("did you mean `pin_dir`"), "{e}");
 }

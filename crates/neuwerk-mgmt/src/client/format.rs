@@ -169,8 +169,13 @@ pub fn format_status(st: &Status) -> String {
     if !r.dns_listening {
         missing.push("DNS not listening");
     }
+    if !r.forwarding {
+        missing.push("IP forwarding off");
+    }
     let ready = if missing.is_empty() {
         "yes".to_string()
+    } else if !r.problems.is_empty() {
+        format!("no ({})", r.problems.join("; "))
     } else {
         format!("no ({})", missing.join(", "))
     };

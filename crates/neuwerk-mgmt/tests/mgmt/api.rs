@@ -21,17 +21,26 @@ fn readyz_is_503_until_every_flag_is_set() {
         dataplane_attached: true,
         policy_loaded: true,
         dns_listening: false,
+        forwarding: true,
+        problems: vec!["the DNS listeners are not serving yet".into()],
     };
     let (code, body) = h.get("/readyz");
     assert_eq!(code, 503);
     let flags: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         flags,
-        json!({"dataplane_attached": true, "policy_loaded": true, "dns_listening": false})
+        json!({"dataplane_attached": true, "policy_loaded": true, "dns_listening": false,
+               "forwarding": true, "problems": ["the DNS listeners are not serving yet"]})
     );
-    h.fake.ready.lock().unwrap().dns_listening = true;
+    {
+        let mut r = h.fake.ready.lock().unwrap();
+        r.dns_listening = true;
+        r.problems.clear();
+    }
     let (code, body) = h.get("/readyz");
     assert_eq!(code, 200, "{body}");
+    h.fake.ready.lock().unwrap().forwarding = false;
+    assert_eq!(h.get("/readyz").0, 503, "forwarding off is not ready");
 }
 
 #[test]
@@ -92,7 +101,8 @@ fn status_has_node_policy_counters_and_readiness() {
     assert_eq!(c["events_lost"], 2);
     assert_eq!(
         s["ready"],
-        json!({"dataplane_attached": true, "policy_loaded": true, "dns_listening": true})
+        json!({"dataplane_attached": true, "policy_loaded": true, "dns_listening": true,
+               "forwarding": true, "problems": []})
     );
 }
 

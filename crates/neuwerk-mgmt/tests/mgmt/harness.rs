@@ -59,6 +59,8 @@ impl Fake {
                 dataplane_attached: true,
                 policy_loaded: true,
                 dns_listening: true,
+                forwarding: true,
+                problems: Vec::new(),
             }),
             reload: Mutex::new(Ok(ReloadReport {
                 generation: 8,
@@ -99,7 +101,7 @@ impl Admin for Fake {
         self.reload.lock().unwrap().clone()
     }
     fn readiness(&self) -> Readiness {
-        *self.ready.lock().unwrap()
+        self.ready.lock().unwrap().clone()
     }
     fn kernel_stats(&self) -> KernelStats {
         self.kernel.lock().unwrap().clone()
