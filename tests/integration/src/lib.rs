@@ -5,7 +5,9 @@
 //! namespaces with unique names, so tests run in parallel), starts the mock
 //! DNS and HTTP servers in the upstream namespace, and optionally a
 //! [`neuwerk::Neuwerk`] process in the firewall namespace. Everything is
-//! removed on drop, also when the test panics.
+//! removed on drop, also when the test panics, including what a
+//! survivable run ([`neuwerk::Launch::HostMounts`]) pinned in the host
+//! bpffs.
 //!
 //! Needs root: [`root::require_root`] makes tests fail (never skip) without it.
 
@@ -15,6 +17,7 @@ pub mod checks;
 pub mod client;
 pub mod dns_client;
 pub mod dns_mock;
+pub mod failsafe;
 pub mod http_mock;
 pub mod kernel_maps;
 pub mod mgmt;
@@ -32,6 +35,6 @@ pub use dns_client::{DnsOpts, Transport};
 pub use dns_mock::{DnsMock, Failure, MockRecord, QueryLogEntry};
 pub use http_mock::HttpMock;
 pub use netns::Netns;
-pub use neuwerk::{DenyResponse, Neuwerk, NeuwerkConfig};
+pub use neuwerk::{DenyResponse, Launch, Neuwerk, NeuwerkConfig};
 pub use root::require_root;
 pub use topology::Topology;

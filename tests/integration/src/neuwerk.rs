@@ -3,6 +3,13 @@
 //! `ip netns exec <ns> neuwerk run --config <file>` with its output in a
 //! log file, waits until its DNS listener answers, and offers reload,
 //! policy replacement, log access and a checked shutdown.
+//!
+//! For the failsafe suite (a dataplane that outlives the process) it can
+//! also start neuwerk in the host's mount namespace ([`Launch::HostMounts`],
+//! [`NeuwerkConfig::survivable`]) with a pin dir of its own in the host
+//! bpffs, kill it, start it again on the same files ([`Neuwerk::restart`]),
+//! run `neuwerk detach` ([`Neuwerk::detach`]), and always removes the pins
+//! it left when the test ends ([`PinGuard`]).
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -11,11 +18,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 
 use crate::dns_client::DnsOpts;
+use crate::netns::{Netns, NS_PREFIX};
 use crate::topology::{
     Topology, IF_EGRESS, IF_INGRESS, NEUWERK_DNS_V4, NEUWERK_DNS_V6, UPSTREAM_DNS_V4,
 };
@@ -26,6 +35,33 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
+static PIN_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The host's bpffs mount point, under which [`unique_pin_dir`] creates
+/// the pin dirs of [`Launch::HostMounts`] runs.
+pub const HOST_BPFFS: &str = "/sys/fs/bpf";
+/// `statfs` magic of a bpf file system (`BPF_FS_MAGIC`, linux/magic.h).
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+
+/// How `neuwerk` (`run` and `detach`) enters the firewall namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Launch {
+    /// `ip netns exec <ns> neuwerk ...`. Besides the network namespace the
+    /// process gets a private mount namespace with the namespace's own
+    /// `/sys`, so whatever it pins there dies with it: the dataplane does
+    /// not outlive the process. What every test used before the failsafe
+    /// suite, and still the default.
+    #[default]
+    IpNetnsExec,
+    /// `nsenter --net=/run/netns/<ns> neuwerk ...`: only the network
+    /// namespace is entered, `/sys/fs/bpf` stays the host's, so pins
+    /// outlive the process (and the test, hence [`PinGuard`]). nsenter
+    /// execs neuwerk, so the child's pid is neuwerk's. Needs a
+    /// [`NeuwerkConfig::pin_dir`] of the test's own: every test's firewall
+    /// namespace has the same interface names, so the default pin dir
+    /// (`/sys/fs/bpf/neuwerk/nwi0`) would be shared by parallel tests.
+    HostMounts,
+}
 
 /// What `dns.deny_response` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +115,12 @@ pub struct NeuwerkConfig {
     pub audit: bool,
     /// `interfaces.forwarding` (omitted by default: direct).
     pub forwarding: Option<&'static str>,
+    /// `dataplane.pin_dir` (omitted by default: neuwerk pins under
+    /// `/sys/fs/bpf/neuwerk/<ingress>`).
+    pub pin_dir: Option<PathBuf>,
+    /// How the process is started; not part of the file (default
+    /// [`Launch::IpNetnsExec`]).
+    pub launch: Launch,
 }
 
 impl Default for NeuwerkConfig {
@@ -97,11 +139,24 @@ impl Default for NeuwerkConfig {
             token: None,
             audit: false,
             forwarding: None,
+            pin_dir: None,
+            launch: Launch::IpNetnsExec,
         }
     }
 }
 
 impl NeuwerkConfig {
+    /// The default config, started in the host's mount namespace
+    /// ([`Launch::HostMounts`]) with a pin dir of its own in the host
+    /// bpffs ([`unique_pin_dir`]): a dataplane that outlives the process.
+    pub fn survivable() -> NeuwerkConfig {
+        NeuwerkConfig {
+            pin_dir: Some(unique_pin_dir()),
+            launch: Launch::HostMounts,
+            ..NeuwerkConfig::default()
+        }
+    }
+
     /// The YAML text, pointing at `policy_file`.
     pub fn to_yaml(&self, policy_file: &Path) -> String {
         let list = |v: &[SocketAddr]| {
@@ -147,7 +202,199 @@ impl NeuwerkConfig {
                 duration(c.icmp_idle)
             );
         }
+        if let Some(dir) = &self.pin_dir {
+            let _ = writeln!(y, "dataplane: {{ pin_dir: \"{}\" }}", dir.display());
+        }
         y
+    }
+}
+
+/// A pin dir no other test (of this or a parallel run) uses:
+/// `/sys/fs/bpf/nwit-<pid>-<n>`. The prefix is the namespaces' one, so
+/// that [`ensure_host_bpffs`] can recognise and remove the dirs of test
+/// processes that died without cleaning up.
+pub fn unique_pin_dir() -> PathBuf {
+    let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
+    Path::new(HOST_BPFFS).join(format!("{NS_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Whether `path` is on a bpf file system.
+pub fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct of the right type; the
+    // path is a valid NUL-terminated string for the duration of the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statfs only writes `st`.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    // f_type's width differs between architectures; the magic fits in 32 bits.
+    rc == 0 && st.f_type as u32 == BPF_FS_MAGIC
+}
+
+/// Makes sure `/sys/fs/bpf` in the host's mount namespace is a bpffs
+/// (mounting one, as systemd does at boot, when it is not: minimal VMs and
+/// containers may lack it) and removes pin dirs left behind by test
+/// processes that no longer exist. Once per process; panics with the
+/// reason when no bpffs can be had, because the survival tests would
+/// otherwise fail for a reason that has nothing to do with neuwerk.
+pub fn ensure_host_bpffs() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let root = Path::new(HOST_BPFFS);
+        if !is_bpffs(root) {
+            let target = std::ffi::CString::new(HOST_BPFFS).expect("no NUL");
+            // SAFETY: plain mount(2) with valid NUL-terminated strings and
+            // no data; it changes only the calling process's (the host's)
+            // mount namespace.
+            let rc = unsafe {
+                libc::mount(
+                    c"bpf".as_ptr(),
+                    target.as_ptr(),
+                    c"bpf".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 || !is_bpffs(root) {
+                return Err(format!(
+                    "{HOST_BPFFS} is not a bpf file system and mounting one failed ({}): \
+                     mount -t bpf bpf {HOST_BPFFS}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        remove_stale_pin_dirs(root);
+        Ok(())
+    });
+    if let Err(e) = ready {
+        panic!("{e}");
+    }
+}
+
+/// Removes `nwit-<pid>-…` dirs under `root` whose test process is gone
+/// (a run killed with Ctrl-C never ran its guards).
+fn remove_stale_pin_dirs(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(NS_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Panics with an install hint unless `nsenter` (util-linux) runs.
+fn require_nsenter() {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        Command::new("nsenter")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(
+        found,
+        "nsenter (util-linux) is not installed: the failsafe tests start neuwerk \
+         with it (apt-get install util-linux)"
+    );
+}
+
+/// `/run/netns/<name>`: the namespace file `nsenter --net=` enters.
+pub fn netns_path(ns: &Netns) -> PathBuf {
+    Path::new("/run/netns").join(ns.name())
+}
+
+/// A command running `program` in `ns` the way `launch` says.
+pub fn command_in(ns: &Netns, launch: Launch, program: &Path) -> Command {
+    match launch {
+        Launch::IpNetnsExec => ns.command(&program.to_string_lossy()),
+        Launch::HostMounts => {
+            require_nsenter();
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", netns_path(ns).display()))
+                .arg(program);
+            cmd
+        }
+    }
+}
+
+/// Removes what a [`Launch::HostMounts`] run pinned in the host bpffs
+/// when dropped, also when the test panics: pins there outlive the
+/// namespace, the process and the test. First `neuwerk detach --config
+/// <file>` through nsenter while the namespace still exists (it takes the
+/// programs off the interfaces and removes the pins), then, if anything is
+/// left, the whole pin dir (`remove_dir_all` works on bpffs; a link whose
+/// interface went with its namespace needs nothing else).
+#[derive(Debug)]
+pub struct PinGuard {
+    netns: PathBuf,
+    config_path: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl PinGuard {
+    /// A guard for `pin_dir`, detaching with the config at `config_path`
+    /// inside `ns`. The config file must still exist when the guard drops.
+    pub fn new(ns: &Netns, config_path: &Path, pin_dir: &Path) -> PinGuard {
+        PinGuard {
+            netns: netns_path(ns),
+            config_path: config_path.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+        }
+    }
+
+    /// The pin dir it removes.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        // neuwerk_bin() panics when the binary is missing; a panic in drop
+        // during a panic aborts, so look the binary up without panicking.
+        let bin = std::env::var_os("NEUWERK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(default_bin);
+        if self.netns.exists() && self.config_path.exists() && bin.is_file() {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", self.netns.display()))
+                .arg(&bin)
+                .arg("detach")
+                .arg("--config")
+                .arg(&self.config_path)
+                .stdin(Stdio::null())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "warning: neuwerk detach for {} failed ({}): {}{}",
+                    self.pin_dir.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim(),
+                    String::from_utf8_lossy(&o.stdout).trim()
+                ),
+                Err(e) => eprintln!("warning: cannot run neuwerk detach: {e}"),
+            }
+        }
+        if fs::symlink_metadata(&self.pin_dir).is_ok() {
+            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
+                eprintln!(
+                    "warning: cannot remove pin dir {}: {e}",
+                    self.pin_dir.display()
+                );
+            }
+        }
     }
 }
 
@@ -161,18 +408,20 @@ fn duration(d: Duration) -> String {
     }
 }
 
+/// `<target dir>/release/neuwerk`.
+fn default_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("release").join("neuwerk")
+}
+
 /// The neuwerk binary: `$NEUWERK_BIN`, else `<workspace>/target/release/neuwerk`.
 /// Panics with a hint when it does not exist.
 pub fn neuwerk_bin() -> PathBuf {
-    let path = match std::env::var_os("NEUWERK_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            target.join("release").join("neuwerk")
-        }
-    };
+    let path = std::env::var_os("NEUWERK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_bin);
     if !path.is_file() {
         panic!(
             "neuwerk binary not found at {}: run make build (cargo build --release) \
@@ -225,16 +474,26 @@ fn private_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// A running (or exited) `neuwerk run` process in a topology.
+/// A `neuwerk run` process in a topology (running or exited), with its
+/// private files; [`Neuwerk::restart`] starts another process on the same
+/// files, which this value then stands for.
 #[derive(Debug)]
 pub struct Neuwerk<'t> {
     topo: &'t Topology,
     child: Option<Child>,
     status: Option<ExitStatus>,
+    launch: Launch,
     dir: PathBuf,
     config_path: PathBuf,
     policy_path: PathBuf,
+    pin_dir: Option<PathBuf>,
+    /// The current process's log.
     log_path: PathBuf,
+    /// Logs of the processes before the current one, oldest first.
+    earlier_logs: Vec<PathBuf>,
+    /// Removes the host-bpffs pins when this value drops
+    /// ([`Launch::HostMounts`] only).
+    pins: Option<PinGuard>,
     /// Whether a log tail was already produced (for a panic message), so
     /// that drop does not print it again.
     tail_shown: Cell<bool>,
@@ -257,35 +516,87 @@ impl<'t> Neuwerk<'t> {
     /// Starts the process without waiting for it to become ready (for
     /// start-up failure tests).
     pub fn spawn(topo: &'t Topology, config: &NeuwerkConfig, policy: &str) -> Neuwerk<'t> {
-        let bin = neuwerk_bin();
         let dir = private_dir("neuwerk");
         let policy_path = dir.join("policy.yaml");
         let config_path = dir.join("neuwerk.yaml");
-        let log_path = dir.join("neuwerk.log");
         fs::write(&policy_path, policy).expect("write policy");
         fs::write(&config_path, config.to_yaml(&policy_path)).expect("write config");
-        let log = File::create(&log_path).expect("create log file");
-        let child = topo
-            .firewall_ns()
-            .command(&bin.to_string_lossy())
+        let pins = match config.launch {
+            Launch::IpNetnsExec => None,
+            Launch::HostMounts => {
+                let pin_dir = config.pin_dir.as_deref().unwrap_or_else(|| {
+                    panic!(
+                        "Launch::HostMounts needs a pin_dir of the test's own \
+                         (NeuwerkConfig::survivable): the default one is the same \
+                         in every test's namespace"
+                    )
+                });
+                ensure_host_bpffs();
+                // The guard exists before the process does, so that pins
+                // are removed even if the test panics during start-up.
+                Some(PinGuard::new(topo.firewall_ns(), &config_path, pin_dir))
+            }
+        };
+        let mut nw = Neuwerk {
+            topo,
+            child: None,
+            status: None,
+            launch: config.launch,
+            log_path: dir.join("neuwerk.log"),
+            dir,
+            config_path,
+            policy_path,
+            pin_dir: config.pin_dir.clone(),
+            earlier_logs: Vec::new(),
+            pins,
+            tail_shown: Cell::new(false),
+        };
+        nw.launch_process();
+        nw
+    }
+
+    /// Starts `neuwerk run` on this value's config, logging to `log_path`.
+    fn launch_process(&mut self) {
+        let bin = neuwerk_bin();
+        let log = File::create(&self.log_path).expect("create log file");
+        let child = command_in(self.topo.firewall_ns(), self.launch, &bin)
             .arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log fd"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Neuwerk {
-            topo,
-            child: Some(child),
-            status: None,
-            dir,
-            config_path,
-            policy_path,
-            log_path,
-            tail_shown: Cell::new(false),
-        }
+        self.child = Some(child);
+        self.status = None;
+    }
+
+    /// Starts a new process on the same config, policy and pin dir after
+    /// the previous one exited (panics if it is still running), and waits
+    /// until it answers DNS. The new process logs to a file of its own:
+    /// [`Neuwerk::logs`] and [`Neuwerk::wait_for_log`] then see only its
+    /// output, [`Neuwerk::all_logs`] every process's.
+    pub fn restart(&mut self) {
+        self.respawn();
+        self.wait_ready(READY_TIMEOUT);
+    }
+
+    /// Like [`Neuwerk::restart`] without waiting for the new process to
+    /// become ready.
+    pub fn respawn(&mut self) {
+        assert!(
+            !self.is_running(),
+            "restart: the previous neuwerk process (pid {}) is still running; \
+             stop or kill it first",
+            self.pid()
+        );
+        let n = self.earlier_logs.len() + 2;
+        let next = self.dir.join(format!("neuwerk.{n}.log"));
+        self.earlier_logs
+            .push(std::mem::replace(&mut self.log_path, next));
+        self.tail_shown.set(false);
+        self.launch_process();
     }
 
     /// Waits until a DNS query from the client namespace to 10.100.1.10:53
@@ -346,7 +657,7 @@ impl<'t> Neuwerk<'t> {
         self.try_wait().is_none()
     }
 
-    /// The process id (neuwerk itself: `ip netns exec` execs it).
+    /// The process id (neuwerk itself: `ip netns exec` and `nsenter` exec it).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("neuwerk child").id()
     }
@@ -358,6 +669,51 @@ impl<'t> Neuwerk<'t> {
             // been reaped yet (try_wait saw it running), so it is not reused.
             unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
         }
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone; returns its
+    /// exit status (killed by signal 9 unless it had already exited). The
+    /// files, the pin dir and its guard stay: [`Neuwerk::restart`] can
+    /// follow.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        match self.wait_exit(STOP_TIMEOUT) {
+            Some(s) => s,
+            None => panic!(
+                "neuwerk (pid {}) still running {STOP_TIMEOUT:?} after SIGKILL",
+                self.pid()
+            ),
+        }
+    }
+
+    /// Sends SIGTERM and waits up to [`STOP_TIMEOUT`] for the exit; returns
+    /// the status without judging it (unlike [`Neuwerk::stop`], which also
+    /// ends this value). Panics with the log tail if the process does not
+    /// exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(STOP_TIMEOUT) {
+            Some(s) => s,
+            None => panic!(
+                "neuwerk still running {STOP_TIMEOUT:?} after SIGTERM\n{}",
+                self.log_tail(60)
+            ),
+        }
+    }
+
+    /// Runs `neuwerk detach --config <this config>` in the firewall
+    /// namespace, entered the same way as the daemon (so through nsenter,
+    /// in the host's bpffs, for [`Launch::HostMounts`]), and returns its
+    /// output. Meant for a stopped daemon.
+    pub fn detach(&self) -> Output {
+        let bin = neuwerk_bin();
+        command_in(self.topo.firewall_ns(), self.launch, &bin)
+            .arg("detach")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} detach: {e}", bin.display()))
     }
 
     /// Asks for a policy reload (SIGHUP).
@@ -376,24 +732,37 @@ impl<'t> Neuwerk<'t> {
         }
     }
 
-    /// Everything neuwerk wrote to stdout and stderr so far.
+    /// Everything the current process wrote to stdout and stderr so far.
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The last `n` log lines, framed for a panic message.
-    pub fn log_tail(&self, n: usize) -> String {
-        let logs = self.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-        self.tail_shown.set(true);
-        format!(
-            "--- neuwerk log ({}), last {n} lines ---\n{tail}\n--- end of log ---",
-            self.log_path.display()
-        )
+    /// The logs of every process this value started, oldest first, each
+    /// under a `=== process <n> (<file>) ===` header.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for (i, path) in self
+            .earlier_logs
+            .iter()
+            .chain(std::iter::once(&self.log_path))
+            .enumerate()
+        {
+            let text = fs::read_to_string(path).unwrap_or_default();
+            let _ = writeln!(out, "=== process {} ({}) ===", i + 1, path.display());
+            out.push_str(&text);
+        }
+        out
     }
 
-    /// Waits up to `limit` for `needle` to appear in the log.
+    /// The last `n` log lines of the current process, framed for a panic
+    /// message.
+    pub fn log_tail(&self, n: usize) -> String {
+        self.tail_shown.set(true);
+        tail_of(&self.log_path, n)
+    }
+
+    /// Waits up to `limit` for `needle` to appear in the current
+    /// process's log.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
         let start = Instant::now();
         loop {
@@ -438,6 +807,27 @@ impl<'t> Neuwerk<'t> {
     pub fn policy_path(&self) -> &Path {
         &self.policy_path
     }
+
+    /// `dataplane.pin_dir` of the config, if set.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// How the process was started.
+    pub fn launch(&self) -> Launch {
+        self.launch
+    }
+}
+
+/// The last `n` lines of the log at `path`, framed for a panic message.
+fn tail_of(path: &Path, n: usize) -> String {
+    let logs = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = logs.lines().collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+    format!(
+        "--- neuwerk log ({}), last {n} lines ---\n{tail}\n--- end of log ---",
+        path.display()
+    )
 }
 
 impl Drop for Neuwerk<'_> {
@@ -449,11 +839,20 @@ impl Drop for Neuwerk<'_> {
             }
         }
         if std::thread::panicking() {
+            // Earlier processes' logs are never in a panic message.
+            for path in &self.earlier_logs {
+                eprintln!("{}", tail_of(path, 40));
+            }
             if !self.tail_shown.get() {
                 eprintln!("{}", self.log_tail(80));
             }
             eprintln!("(neuwerk files kept in {})", self.dir.display());
-        } else {
+        }
+        // Pins go in any case (they outlive the test), and before the
+        // directory: the guard's `neuwerk detach` reads the config there.
+        // The topology, and so the namespace, outlives `self`.
+        drop(self.pins.take());
+        if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
@@ -476,5 +875,22 @@ mod tests {
         );
         assert!(y.contains("deny_response: refused"), "{y}");
         assert!(y.contains("policy: { file: \"/tmp/p.yaml\" }"), "{y}");
+        assert!(!y.contains("dataplane"), "{y}");
+    }
+
+    #[test]
+    fn survivable_config_has_a_pin_dir_of_its_own() {
+        let a = NeuwerkConfig::survivable();
+        let b = NeuwerkConfig::survivable();
+        assert_eq!(a.launch, Launch::HostMounts);
+        assert_eq!(NeuwerkConfig::default().launch, Launch::IpNetnsExec);
+        let (pa, pb) = (a.pin_dir.clone().unwrap(), b.pin_dir.clone().unwrap());
+        assert_ne!(pa, pb);
+        assert!(pa.starts_with(HOST_BPFFS), "{}", pa.display());
+        let y = a.to_yaml(Path::new("/tmp/p.yaml"));
+        assert!(
+            y.contains(&format!("dataplane: {{ pin_dir: \"{}\" }}", pa.display())),
+            "{y}"
+        );
     }
 }
