@@ -15,9 +15,14 @@ P=nwdemo$$
 C=$P-client N=$P-fw U=$P-up
 WORK=$(mktemp -d)
 pids=()
+PINS=/sys/fs/bpf/$P
+nw_pid=
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}" $nw_pid; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Stopping neuwerk leaves its programs enforcing: detach is the explicit end.
+  [ -f "$WORK/config.yaml" ] && nsenter --net="/run/netns/$N" "$PWD/target/release/neuwerk" detach --config "$WORK/config.yaml" >/dev/null 2>&1 || true
+  rm -rf "$PINS"
   scripts/topology.sh down "$P"
   rm -rf "$WORK"
 }
@@ -79,20 +84,26 @@ dns:
   upstreams: ["10.100.2.100:53"]
   upstream_timeout: 2s
 policy: { file: $WORK/policy.yaml }
+dataplane: { pin_dir: $PINS }
 YAML
 bold "Policy (clients may resolve and reach example.com:443 and *.github.com:443, nothing else)"
 cat "$WORK/policy.yaml"
 
-ip netns exec "$N" "$PWD/target/release/neuwerk" run --config "$WORK/config.yaml" 2>"$WORK/neuwerk.log" &
-pids+=($!)
-# Ready when the proxy answers at all: a name no policy allows gets REFUSED
-# (so the demo learns nothing before it means to).
-ready=
-for _ in $(seq 50); do
-  if client dig +time=1 +tries=1 @10.100.1.10 ready.neuwerk.invalid 2>/dev/null | grep -q 'status:'; then ready=1; break; fi
-  sleep 0.2
-done
-[ -n "$ready" ] || { echo "demo: neuwerk did not start:" >&2; cat "$WORK/neuwerk.log" >&2; exit 1; }
+# nsenter enters only the network namespace: neuwerk pins its programs and
+# maps in the host's bpffs, so they outlive its process (`ip netns exec`
+# would give it a private /sys, and the pins would go with it).
+start_neuwerk() { # start_neuwerk LOG: runs neuwerk, waits until its DNS proxy answers
+  nsenter --net="/run/netns/$N" "$PWD/target/release/neuwerk" run --config "$WORK/config.yaml" 2>"$1" &
+  nw_pid=$!
+  # Ready when the proxy answers at all: a name no policy allows gets REFUSED
+  # (so the demo learns nothing before it means to).
+  for _ in $(seq 50); do
+    client dig +time=1 +tries=1 @10.100.1.10 ready.neuwerk.invalid 2>/dev/null | grep -q 'status:' && return 0
+    sleep 0.2
+  done
+  echo "demo: neuwerk did not start:" >&2; cat "$1" >&2; exit 1
+}
+start_neuwerk "$WORK/neuwerk.log"
 
 # A live stream of decisions while the demo runs (shown at the end).
 ip netns exec "$N" "$PWD/target/release/neuwerk" monitor --config "$WORK/config.yaml" >"$WORK/monitor.log" 2>&1 &
@@ -134,4 +145,21 @@ ip netns exec "$N" "$PWD/target/release/neuwerk" status --config "$WORK/config.y
 
 bold "neuwerk's log"
 sed 's/^/  /' "$WORK/neuwerk.log"
-bold "Done: cleaning up"
+
+bold "kill -9 neuwerk: the node does not fail open; its programs keep enforcing what they held"
+show "kill -9 $nw_pid"; kill -9 "$nw_pid"; wait "$nw_pid" 2>/dev/null || true; nw_pid=
+try "example.com -> 192.0.2.100:443 (its grant is still live)" curl -sS --max-time 2 http://192.0.2.100:443/
+try "192.0.2.102:443 (never granted)" curl -sS --max-time 2 http://192.0.2.102:443/
+try "DNS straight to 10.100.2.100 (bypassing neuwerk)" dig +time=1 +tries=1 @10.100.2.100 evil.example.net
+try "DNS to neuwerk (no daemon: unanswered, clients retry)" dig +time=1 +tries=1 @10.100.1.10 example.com
+
+bold "neuwerk starts again and adopts the pinned programs, maps and grants"
+start_neuwerk "$WORK/neuwerk-restart.log"
+grep -E 'adopted' "$WORK/neuwerk-restart.log" | sed 's/^/  /'
+try "example.com -> 192.0.2.100:443 (no new DNS query needed)" curl -sS --max-time 2 http://192.0.2.100:443/
+try "192.0.2.102:443 (never granted)" curl -sS --max-time 2 http://192.0.2.102:443/
+
+bold "Done: neuwerk detach takes the programs off, then cleaning up"
+kill "$nw_pid"; wait "$nw_pid" 2>/dev/null || true; nw_pid=
+show "neuwerk detach --config config.yaml"
+nsenter --net="/run/netns/$N" "$PWD/target/release/neuwerk" detach --config "$WORK/config.yaml" | sed 's/^/  /'
