@@ -112,9 +112,14 @@ pub(crate) fn walk_entries<K: Pod, V: Pod>(
     fd: &OwnedFd,
     mut f: impl FnMut(&[K], &[V]),
 ) -> io::Result<()> {
+    // Large values (pages of the names log) in smaller chunks: the buffer
+    // stays within a few MiB.
+    let chunk = COUNT_CHUNK
+        .min((4 << 20) / std::mem::size_of::<V>().max(1))
+        .max(1);
     // SAFETY (of the zeroed buffers): K and V are Pod, every bit pattern valid.
-    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; COUNT_CHUNK];
-    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; COUNT_CHUNK];
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
     // The walk's position: a bucket index for hash maps (a u32), in a
     // buffer of the key's size as the uapi asks.
     let mut at = vec![0u8; std::mem::size_of::<K>().max(8)];
@@ -126,7 +131,7 @@ pub(crate) fn walk_entries<K: Pod, V: Pod>(
             out_batch: next.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: COUNT_CHUNK as u32,
+            count: chunk as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -140,7 +145,7 @@ pub(crate) fn walk_entries<K: Pod, V: Pod>(
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(e),
         };
-        let n = (attr.count as usize).min(COUNT_CHUNK);
+        let n = (attr.count as usize).min(chunk);
         f(&keys[..n], &values[..n]);
         if done {
             return Ok(());

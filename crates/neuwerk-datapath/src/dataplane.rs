@@ -9,8 +9,8 @@
 //! Three locks, always taken in this order and each held briefly except
 //! the first: the maps lock (policy tables, conntrack; a swap holds it for
 //! its whole write), the grant store's lock (a reload's connection check
-//! takes it under the maps lock), and the interning lock (network and
-//! port set ids, the port set rows). A grant write takes only the last,
+//! takes it under the maps lock), and the interning lock (network, port
+//! set and hostname ids, the port set rows, the names log). A grant write takes only the last,
 //! so learning never waits for a swap's table writes.
 
 use std::collections::HashSet;
@@ -276,6 +276,8 @@ pub struct Dataplane {
     /// reference.
     grant_walk: std::os::fd::OwnedFd,
     ct_walk: std::os::fd::OwnedFd,
+    /// The names log, read for the names of connections' grants.
+    names_walk: std::os::fd::OwnedFd,
     /// The loaded programs (the pinned links hold them attached).
     _ebpf: Ebpf,
 }
@@ -337,6 +339,7 @@ impl Dataplane {
         let grant_delete = BatchDelete::open(&ebpf, "nw_grants")?;
         let grants_fd = crate::stats::dup_map_fd(&ebpf, "nw_grants")?;
         let ct_walk = crate::stats::dup_map_fd(&ebpf, "nw_conntrack")?;
+        let names_walk = crate::stats::dup_map_fd(&ebpf, "nw_names")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "nw_events")?;
         let (names, restored) = NameLog::open(take(&mut ebpf, "nw_names")?)?;
         let ids = NetIds::restore(&restored.networks);
@@ -393,6 +396,7 @@ impl Dataplane {
             pinned_grants: Mutex::new(pinned.grants),
             grant_walk: grants_fd,
             ct_walk,
+            names_walk,
             _ebpf: ebpf,
         };
         let _ = dp.grant_delete.delete(&pinned.dead);
@@ -636,7 +640,11 @@ impl Dataplane {
             .filter(|(_, v)| v.flags & abi::CT_GRANT != 0)
             .map(|(_, v)| v.name_id)
             .collect();
-        let hostnames = self.interned().names.hostnames_of(&wanted);
+        // Read from the log's pages: no interning lock, so learning goes on.
+        let hostnames = crate::names::hostnames_in(&self.names_walk, &wanted).unwrap_or_else(|e| {
+            tracing::warn!("reading the names log: {e}; connections opened by grants are judged without their names");
+            Default::default()
+        });
         let doomed: Vec<abi::CtKey> = entries
             .into_iter()
             .filter(|(k, v)| {

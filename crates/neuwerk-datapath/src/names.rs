@@ -56,6 +56,8 @@ pub(crate) struct NameLog {
     next_host: u32,
     /// Records appended since the last compaction.
     appended: u64,
+    /// Hostnames the log held after the last compaction (or at open).
+    kept: u64,
     /// Bumped by each compaction, see [`NameLog::begin_compaction`].
     epoch: u32,
     /// Whether a failed page write was already reported.
@@ -95,6 +97,7 @@ impl NameLog {
         };
         // Appends go to a fresh page: the last one is never rewritten, so a
         // crash cannot tear a page that records in force live in.
+        let kept = hosts.len() as u64;
         let log = NameLog {
             map,
             page: Box::default(),
@@ -104,6 +107,7 @@ impl NameLog {
             hosts,
             next_host,
             appended: 0,
+            kept,
             epoch: 0,
             warned: false,
         };
@@ -182,26 +186,11 @@ impl NameLog {
         self.appended += 1;
     }
 
-    /// The names of the hostname ids in `ids` that are known.
-    pub(crate) fn hostnames_of(
-        &self,
-        ids: &HashSet<u32, RandomState>,
-    ) -> HashMap<u32, Arc<str>, RandomState> {
-        if ids.is_empty() {
-            return HashMap::default();
-        }
-        self.hosts
-            .iter()
-            .filter(|(_, h)| ids.contains(&h.id))
-            .map(|(name, h)| (h.id, name.clone()))
-            .collect()
-    }
-
-    /// Whether the log has grown enough past what is live to be worth
-    /// compacting: more records appended since the last compaction than
-    /// names known then, and at least `min` of them.
+    /// Whether the log has grown enough to be worth compacting: at least
+    /// as many records appended since the last compaction as it kept then
+    /// (the log has doubled), and at least `min` of them.
     pub(crate) fn wants_compaction(&self, min: u64) -> bool {
-        self.appended >= min && self.appended > self.hosts.len() as u64
+        self.appended >= min && self.appended >= self.kept
     }
 
     /// Starts a compaction: names used from now on are kept whatever the
@@ -247,8 +236,32 @@ impl NameLog {
             no = no.wrapping_add(1);
         }
         self.appended = 0;
+        self.kept = hosts.len() as u64;
         hosts.len()
     }
+}
+
+/// The names of the hostname ids in `ids` that the log behind `fd` (a
+/// second handle on `nw_names`) records: read from the pages, without the
+/// interning lock that learning takes, since a record never changes.
+pub(crate) fn hostnames_in(
+    fd: &std::os::fd::OwnedFd,
+    ids: &HashSet<u32, RandomState>,
+) -> std::io::Result<HashMap<u32, Arc<str>, RandomState>> {
+    let mut out = HashMap::default();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    crate::batch::walk_entries::<u32, abi::NamePage>(fd, |_, pages| {
+        for page in pages {
+            for (kind, id, name) in records(page) {
+                if kind == abi::NAME_KIND_HOSTNAME && ids.contains(&id) {
+                    out.entry(id).or_insert_with(|| Arc::from(name));
+                }
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// The (kind, id, name) records of a page; a torn or foreign record ends it.
@@ -267,7 +280,7 @@ fn records(page: &abi::NamePage) -> impl Iterator<Item = (u8, u32, &str)> {
 
 #[cfg(test)]
 mod tests {
-    use aya::maps::Map;
+    use aya::maps::{IterableMap, Map};
 
     use super::*;
     use crate::scratch;
@@ -278,7 +291,6 @@ mod tests {
     }
 
     fn reopen(log: NameLog) -> (NameLog, Restored) {
-        use aya::maps::IterableMap;
         let fd = log.map.map().fd().as_fd().try_clone_to_owned().unwrap();
         let map = BpfHash::try_from(Map::HashMap(MapData::from_fd(fd).unwrap())).unwrap();
         NameLog::open(map).unwrap()
@@ -331,6 +343,17 @@ mod tests {
         let recent = log.host_id("recent.example.com");
         let referenced: HashSet<u32, RandomState> = [kept].into_iter().collect();
         assert_eq!(log.compact(epoch, &referenced, &[(1, "clients".into())]), 2);
+        assert!(!log.wants_compaction(1), "nothing appended since");
+        log.host_id("new-1.example.com");
+        assert!(!log.wants_compaction(1), "2 kept, 1 appended: not doubled");
+        log.host_id("new-2.example.com");
+        assert!(log.wants_compaction(1));
+        assert!(!log.wants_compaction(3), "below the minimum");
+        let fd = log.map.map().fd().as_fd().try_clone_to_owned().unwrap();
+        let ids: HashSet<u32, RandomState> = [kept, dead, 999].into_iter().collect();
+        let named = hostnames_in(&fd, &ids).unwrap();
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!(named[&kept].as_ref(), "kept.example.com");
         let (_, restored) = reopen(log);
         assert!(!restored.hosts.contains_key(&dead));
         assert_eq!(restored.hosts[&kept].as_ref(), "kept.example.com");
