@@ -200,15 +200,7 @@ impl Reloader {
             shown.0
         };
         let policy = self.state.current.load();
-        let revoked = self.store.retain(|network, hostname| {
-            policy
-                .network(network)
-                .and_then(|n| n.ports_for_name(hostname))
-        });
-        let now = monotonic_ns();
-        let closed = self
-            .dataplane
-            .retain_connections(|c, _| still_allowed(&policy, &self.store, c, now));
+        let (revoked, closed) = revoke_disallowed(&policy, &self.store, &self.dataplane);
         let grants_revoked = revoked.len() as u64;
         for g in revoked {
             self.bus.publish(Event::Grant(GrantEvent::Revoked(g)));
@@ -222,6 +214,24 @@ impl Reloader {
             connections_closed: closed as u64,
         })
     }
+}
+
+/// Revokes the grants and closes the connections `policy` no longer
+/// allows (after a reload, and at start for what was adopted from a
+/// previous daemon, whose policy may have been another); returns them.
+pub fn revoke_disallowed(
+    policy: &Policy,
+    store: &Store,
+    dataplane: &Dataplane,
+) -> (Vec<neuwerk_core::grants::Grant>, usize) {
+    let revoked = store.retain(|network, hostname| {
+        policy
+            .network(network)
+            .and_then(|n| n.ports_for_name(hostname))
+    });
+    let now = monotonic_ns();
+    let closed = dataplane.retain_connections(|c, _| still_allowed(policy, store, c, now));
+    (revoked, closed)
 }
 
 /// Whether the policy in force still allows what opened `c`: its network

@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use neuwerk_core::config::Config;
 use neuwerk_core::grants::GrantStore;
+use neuwerk_core::policy::Policy;
 use neuwerk_datapath::pins::Persistence;
 use neuwerk_datapath::{Dataplane, DataplaneConfig};
 use neuwerk_dns::{DnsServer, ProxyContext};
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::admin::Node;
 use crate::observe::{self, ReportingSink};
-use crate::reload::{load_policy, PolicyState, Reloader};
+use crate::reload::{load_policy, revoke_disallowed, PolicyState, Reloader};
 
 /// The learned state: grants mirrored into the dataplane's map.
 pub type Store = GrantStore<Arc<Dataplane>>;
@@ -65,7 +66,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &loaded.policy,
     )?);
     let store = Arc::new(GrantStore::new(dataplane.clone()));
-    report_attach(&config, &dataplane, &store);
+    report_attach(&config, &dataplane, &store, &loaded.policy);
     let state = Arc::new(PolicyState {
         file: config.policy.file.clone(),
         audit: config.policy.audit,
@@ -146,19 +147,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     dns_result.map_err(Into::into)
 }
 
-/// Takes the grants found pinned into the store and says what the start
-/// found: adopted or new maps, and whether the pins outlive this process.
-fn report_attach(config: &Config, dataplane: &Dataplane, store: &Store) {
+/// Takes the grants found pinned into the store, revokes what this
+/// daemon's policy does not allow of them (the previous daemon's policy
+/// may have been another), and says what the start found: adopted or new
+/// maps, and whether the pins outlive this process.
+fn report_attach(config: &Config, dataplane: &Dataplane, store: &Store, policy: &Policy) {
     let pinned = dataplane.take_pinned_grants();
     store.adopt(&pinned);
+    let (revoked, closed) = revoke_disallowed(policy, store, dataplane);
     let adoption = dataplane.adoption();
     let pin_dir = config.dataplane.pin_dir.display();
-    if adoption.adopted {
+    if adoption.adopted || !pinned.is_empty() {
         tracing::info!(
             %pin_dir,
-            grants = pinned.len(),
+            grants = pinned.len() - revoked.len(),
+            grants_revoked = revoked.len(),
+            connections_closed = closed,
             links_replaced = adoption.links_replaced,
-            "adopted the pinned dataplane: its grants, connections and counters stay"
+            "adopted the pinned dataplane: its grants, connections and counters stay, \
+             but for what this policy does not allow"
         );
     }
     for line in &adoption.carried {
