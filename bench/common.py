@@ -25,7 +25,8 @@ API (kept stable; other bench modules import it):
                             Up also writes /etc/netns/<ns>/resolv.conf ("nameserver 127.0.0.1")
                             for the three namespaces (so nothing resolves off-machine), and
                             down() kills every process still in those namespaces (ours: we
-                            made them), deletes them and removes those resolv.conf dirs.
+                            made them), detaches the pins of neuwerk instances in them,
+                            deletes them and removes those resolv.conf dirs.
                             While a Topology is up, SIGTERM/SIGHUP raise SystemExit so
                             `with` blocks clean up.
 
@@ -48,13 +49,32 @@ API (kept stable; other bench modules import it):
                             -> policy text; hostnames are rule strings ("a.b", "*.x", "**.y").
     Neuwerk(topo, workdir, policy_text, dns_listen=("10.100.1.10:53",),
             upstreams=("10.100.2.100:53",), upstream_timeout="2s", log_level="warn",
-            extra_config="", binary=NEUWERK_BIN)
+            extra_config="", binary=NEUWERK_BIN, pin_dir=None)
                             .start(ready_timeout=60) writes config.yaml/policy.yaml into workdir,
                             starts neuwerk in topo.fw (log: workdir/neuwerk.log) and waits for
-                            GET /readyz == 200. .pid, .proc, .log_path, .config_path.
+                            GET /readyz == 200. .pid, .proc, .log_path, .config_path, .pin_dir.
+                            neuwerk runs through `nsenter --net=/run/netns/<fw>` (host mount
+                            namespace), with `dataplane.pin_dir` = pin_dir or a dir of its own,
+                            /sys/fs/bpf/nwbench-<bench pid>-<n>: its programs and maps outlive
+                            the process (they keep enforcing when it exits; a new start on the
+                            same files adopts them). `ip netns exec` would give it a private
+                            /sys, and the pins would die with it.
                             .metrics() -> str (GET /metrics), .metric_samples(name_prefix)
-                            -> list[(name, labels:dict, value:float)], .stop() -> returncode.
+                            -> list[(name, labels:dict, value:float)].
+                            .stop(timeout=15, detach=True) -> returncode: SIGTERM, then
+                            `neuwerk detach` (programs off, pins removed) unless detach=False.
+                            .restart(ready_timeout=120) -> timings: SIGTERM (no detach), wait
+                            for exit, start again on the same files, /readyz polled every 10 ms
+                            (.wait_ready_precise); with the grants=N it logged as adopted.
+                            .detach() -> {"output", "returncode", "left_removed"}.
                             Also a context manager (start on enter, stop on exit).
+    Pins                    Every pin dir a Neuwerk of this process used is registered and
+                            released (detach through nsenter, then whatever is left removed) by
+                            .stop(), Topology.down() (for its namespaces, before deleting them)
+                            and atexit (release_pins()); start() first removes the pin dirs
+                            of bench runs whose process is gone (sweep_stale_pins()).
+                            nsenter_cmd(ns, argv), ensure_bpffs(), in_netns(ns, fn, *args)
+                            (fn in a thread moved into the namespace).
 
   Metrics parsing
     parse_prometheus(text)  -> list[(name, labels:dict, value:float)]
@@ -97,6 +117,7 @@ API (kept stable; other bench modules import it):
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -104,6 +125,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -388,6 +410,9 @@ class Topology:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
+        # neuwerk's pins outlive its process: detach them while the namespaces
+        # (and the config files) still exist, before the namespaces go.
+        release_pins(self.namespaces)
         subprocess.run([str(REPO / "scripts/topology.sh"), "down", self.prefix], check=False)
         for ns in self.namespaces:
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
@@ -426,6 +451,12 @@ def policy_yaml(hostnames, ports=(443,), cidrs=("10.100.1.0/24",), network="clie
     return "\n".join(out) + "\n"
 
 
+# The bench's neuwerk instances pin their dataplane in the host's bpffs:
+# launching, detaching and cleaning up those pins lives in pins.py.
+from pins import (BPFFS, PIN_PREFIX, _pin_seq, _register_pins, detach_pins, ensure_bpffs,  # noqa: E402
+                  in_netns, nsenter_cmd, release_pins, sweep_stale_pins)
+
+
 class Neuwerk:
     def __init__(
         self,
@@ -440,6 +471,7 @@ class Neuwerk:
         binary=NEUWERK_BIN,
         forwarding="direct",
         dns_workers=None,
+        pin_dir=None,
     ):
         self.topo = topo
         self.workdir = Path(workdir)
@@ -452,7 +484,9 @@ class Neuwerk:
         self.forwarding = forwarding
         self.dns_workers = dns_workers  # None: neuwerk's default (half the CPUs)
         self.binary = Path(binary)
+        self.pin_dir = Path(pin_dir) if pin_dir else BPFFS / f"{PIN_PREFIX}{os.getpid()}-{next(_pin_seq)}"
         self.proc = None
+        self.last_detach = None  # what stop()'s `neuwerk detach` said
         self.log_path = self.workdir / "neuwerk.log"
         self.config_path = self.workdir / "config.yaml"
         self.policy_path = self.workdir / "policy.yaml"
@@ -461,9 +495,15 @@ class Neuwerk:
     def pid(self):
         return self.proc.pid if self.proc else None
 
-    def start(self, ready_timeout=60.0) -> "Neuwerk":
-        if not self.binary.exists():
-            ensure_built("neuwerk", ["neuwerk"])
+    def _log_filter(self) -> str:
+        """logging.level, plus the start-up lines of neuwerk::run at info (they say
+        whether it adopted a pinned dataplane, with grants=N): a few lines per start."""
+        lvl = self.log_level
+        if lvl in ("info", "debug", "trace") or "neuwerk" in lvl:
+            return lvl
+        return f"{lvl},neuwerk::run=info"
+
+    def write_files(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.policy_path.write_text(self.policy_text)
         listen = ", ".join(f'"{a}"' for a in self.dns_listen)
@@ -477,25 +517,110 @@ class Neuwerk:
             f"  upstream_timeout: {self.upstream_timeout}\n" + workers +
             f"policy: {{ file: {self.policy_path} }}\n"
             "management: { listen: 127.0.0.1:3000 }\n"
-            f"logging: {{ format: text, level: {self.log_level} }}\n" + self.extra_config
-        )
-        self.proc = ns_popen(
-            self.topo.fw,
-            [self.binary, "run", "--config", self.config_path],
-            log=self.log_path,
-            env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
+            f"dataplane: {{ pin_dir: {self.pin_dir} }}\n"
+            "logging:\n"
+            "  format: text\n"
+            f'  level: "{self._log_filter()}"\n' + self.extra_config
         )
 
+    def _launch(self) -> None:
+        """Starts `neuwerk run` on the written files, in topo.fw's network namespace
+        only (nsenter), so its pins outlive it (see nsenter_cmd)."""
+        f = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                nsenter_cmd(self.topo.fw, [self.binary, "run", "--config", self.config_path]),
+                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
+            )
+        finally:
+            f.close()
+        _register_pins(self.pin_dir, self.topo.fw, self.config_path, self.binary)
+
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"neuwerk exited ({self.proc.returncode}):\n{self.log_path.read_text()[-3000:]}"
+            )
+
+    def start(self, ready_timeout=60.0) -> "Neuwerk":
+        if not self.binary.exists():
+            ensure_built("neuwerk", ["neuwerk"])
+        ensure_bpffs()
+        sweep_stale_pins()
+        self.write_files()
+        self._launch()
+
         def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"neuwerk exited ({self.proc.returncode}):\n{self.log_path.read_text()[-3000:]}"
-                )
+            self._check_alive()
             code, _ = http_get(self.topo.fw, MGMT_URL + "/readyz", timeout=2)
             return code == 200
 
         wait_for(ready, ready_timeout, interval=0.2, what="neuwerk /readyz")
         return self
+
+    def wait_ready_precise(self, timeout=60.0, interval=0.01) -> float:
+        """Polls GET /readyz every `interval` s from a thread inside the namespace
+        (no process spawned per poll); -> time.monotonic() of the first 200."""
+        host, port = MGMT_URL.split("//", 1)[1].rsplit(":", 1)
+
+        def poll():
+            deadline = time.monotonic() + timeout
+            while True:
+                self._check_alive()
+                try:
+                    c = http.client.HTTPConnection(host, int(port), timeout=1)
+                    c.request("GET", "/readyz")
+                    status = c.getresponse().status
+                    c.close()
+                    if status == 200:
+                        return time.monotonic()
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out after {timeout}s waiting for neuwerk /readyz")
+                time.sleep(interval)
+
+        return in_netns(self.topo.fw, poll)
+
+    def restart(self, ready_timeout=120.0, stop_timeout=60.0, sig=signal.SIGTERM) -> dict:
+        """Stops neuwerk with `sig` (SIGTERM) without detaching, starts it again on
+        the same files and waits for /readyz (polled every 10 ms in the namespace).
+        Times are seconds (monotonic clock, shared by every process on the machine).
+        -> {"t_signal", "t_exit", "t_start", "t_ready": monotonic times,
+            "exit_s": signal to exit, "start_to_ready_s": new process to /readyz,
+            "signal_to_ready_s", "returncode": the old process's,
+            "adopted": the new one logged "adopted the pinned dataplane",
+            "adopted_grants": its grants=N (None if not logged), "adopted_line"}"""
+        self._check_alive()
+        t_sig = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(stop_timeout)
+        except subprocess.TimeoutExpired:
+            log(f"neuwerk did not exit {stop_timeout}s after {signal.Signals(sig).name}: killing it")
+            self.proc.kill()
+            rc = self.proc.wait(10)
+        t_exit = time.monotonic()
+        offset = self.log_path.stat().st_size
+        self._launch()
+        t_start = time.monotonic()
+        t_ready = self.wait_ready_precise(ready_timeout)
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            new_log = f.read().decode(errors="replace")
+        line = next((l for l in new_log.splitlines() if "adopted the pinned dataplane" in l), None)
+        m = re.search(r"grants=(\d+)", line or "")
+        return {
+            "t_signal": t_sig, "t_exit": t_exit, "t_start": t_start, "t_ready": t_ready,
+            "exit_s": round(t_exit - t_sig, 4),
+            "start_to_ready_s": round(t_ready - t_start, 4),
+            "signal_to_ready_s": round(t_ready - t_sig, 4),
+            "returncode": rc,
+            "adopted": line is not None,
+            "adopted_grants": int(m.group(1)) if m else None,
+            "adopted_line": re.sub(r"\x1b\[[0-9;]*m", "", line).strip()[-400:] if line else None,
+        }
 
     def metrics(self) -> str:
         code, body = http_get(self.topo.fw, MGMT_URL + "/metrics")
@@ -506,10 +631,21 @@ class Neuwerk:
     def metric_samples(self, name_prefix="") -> list:
         return [s for s in parse_prometheus(self.metrics()) if s[0].startswith(name_prefix)]
 
-    def stop(self, timeout=15.0):
-        if self.proc is None:
-            return None
-        return stop_process(self.proc, timeout=timeout)
+    def detach(self) -> dict:
+        """`neuwerk detach` on this instance's config: its programs off the
+        interfaces, its pins removed (the node forwards unfiltered)."""
+        return detach_pins(self.pin_dir, self.topo.fw, self.config_path, self.binary)
+
+    def stop(self, timeout=15.0, detach=True):
+        """SIGTERM (SIGKILL after `timeout`); then, unless detach=False, `neuwerk
+        detach`: stopping leaves the programs enforcing, and the next
+        configuration measured must not run through them."""
+        rc = None
+        if self.proc is not None:
+            rc = stop_process(self.proc, timeout=timeout)
+        if detach and self.proc is not None:
+            self.last_detach = self.detach()
+        return rc
 
     def __enter__(self):
         return self.start()

@@ -29,9 +29,12 @@ every figure: each process's CPU and the machine's softirq share, since all
 three namespaces share the machine's cores.
 
 Then, with neuwerk: established flows across ~10 policy reloads of a policy
-with N hostname rules (lost packets, reload durations), `neuwerk policy
+with N hostname rules (lost packets, reload durations), and across 3
+restarts of neuwerk (SIGTERM, start, ready: its pinned programs keep
+enforcing meanwhile) with the longest gap in DNS answers; `neuwerk policy
 check` time, start-up time to readiness; and memory (process RSS plus the
-eBPF maps' memlock) as grants grow to 1,000,000, learned through DNS.
+eBPF maps' memlock) as grants grow to 1,000,000, learned through DNS, then
+the start-up of a neuwerk adopting them.
 
     /usr/bin/python3 bench/packet.py [--quick] [--out DIR]   (or via bench/run.py)
 
@@ -57,7 +60,7 @@ import tcx  # noqa: E402
 # The benchmark is split by concern into packet_*.py; what moved there is
 # re-exported here (__all__), so `packet.X` keeps working for every importer.
 from packet_fixtures import (  # noqa: E402
-    BENCH_PORTS, CLIENT_CIDR, CONN_CLIENT, CONN_PORTS, CONN_SERVER, ECHO_CLIENT, ECHO_SERVER,
+    BENCH_PORTS, CLIENT_CIDR, CONN_CLIENT, CONN_PORTS, CONN_SERVER, DNS_PROBER, ECHO_CLIENT, ECHO_SERVER,
     GRANTED_IP, PORT_ECHO, PORT_GRANT, PORT_IPERF, PORT_SOCKPERF, SERVER_IP, SYNTH_BIN, TTL,
     log, neuwerk_policy, nft_ruleset, static_rules, synth_addr,
 )
@@ -66,7 +69,8 @@ from packet_summary import FIGURES, aggregate, dig, percentiles, summarize  # no
 
 __all__ = [
     "Bench", "run",
-    "BENCH_PORTS", "CLIENT_CIDR", "CONN_CLIENT", "CONN_PORTS", "CONN_SERVER", "ECHO_CLIENT", "ECHO_SERVER",
+    "BENCH_PORTS", "CLIENT_CIDR", "CONN_CLIENT", "CONN_PORTS", "CONN_SERVER", "DNS_PROBER", "ECHO_CLIENT",
+    "ECHO_SERVER",
     "GRANTED_IP", "PORT_ECHO", "PORT_GRANT", "PORT_IPERF", "PORT_SOCKPERF", "SERVER_IP", "SYNTH_BIN", "TTL",
     "log", "neuwerk_policy", "nft_ruleset", "static_rules", "synth_addr",
     "NeuwerkSteps", "FIGURES", "aggregate", "dig", "percentiles", "summarize",
@@ -108,6 +112,7 @@ class Bench(NeuwerkSteps):
         self.n_static = 1000
         self.mem_grants = 100_000 if q else 1_000_000
         self.reloads = 3 if q else 10
+        self.restarts = 1 if q else 3
         self.rounds = 1 if q else 6  # every configuration, rotated, then medians
         self.quiet_max_s = 10 if q else 60
         self.skip_memory = False
@@ -119,6 +124,7 @@ class Bench(NeuwerkSteps):
             ("conn_server.py", CONN_SERVER),
             ("echo_server.py", ECHO_SERVER),
             ("echo_client.py", ECHO_CLIENT),
+            ("dns_prober.py", DNS_PROBER),
         ):
             (self.work / name).write_text(textwrap.dedent(body))
 
@@ -400,7 +406,8 @@ class Bench(NeuwerkSteps):
     # ---- the run
 
     def run(self, with_flowtable=None):
-        C.ensure_packages(["iperf3", "sockperf", "nft:nftables", "dnsperf", "bpftool", "curl"])
+        C.ensure_packages(["iperf3", "sockperf", "nft:nftables", "dnsperf", "bpftool", "curl", "dig:bind9-dnsutils",
+                           "nsenter:util-linux"])
         C.ensure_built("neuwerk-bench", ["nw-synth-dns"])
         C.ensure_built("neuwerk", ["neuwerk"])
         t_start = time.monotonic()
@@ -469,8 +476,9 @@ class Bench(NeuwerkSteps):
         for c in configs:
             res["configs"][c] = aggregate(per_round[c]) | extra[c]
             res["configs"][c]["rounds"] = per_round[c]
-        if "reload" in per_round["neuwerk"][0]["teardown"]:
-            res["reload"] = per_round["neuwerk"][0]["teardown"]["reload"]
+        for k in ("reload", "restart"):
+            if k in per_round["neuwerk"][0]["teardown"]:
+                res[k] = per_round["neuwerk"][0]["teardown"][k]
         res["notes"] = notes
         res["summary"] = summarize(res, per_round)
         res["wall_s"] = round(time.monotonic() - t_start, 1)

@@ -200,3 +200,60 @@ t_end = time.monotonic() + float(0.5)
 while time.monotonic() < t_end: recv_all(0.05)
 print(json.dumps({"sent": sent, "received": got, "rx_gaps_over_10ms_s": gaps}), flush=True)
 """
+
+# Queries NAME (A) at server:port every `interval` s over one connected UDP
+# socket, each with its own id, whatever is outstanding; an answer later than
+# `timeout` no longer counts. Prints "ready" at the first answer; on SIGTERM
+# one JSON line: counts, and [sent, received] (time.monotonic(), the clock
+# every process here shares) of every NOERROR answer with records.
+DNS_PROBER = r"""
+import json, random, select, signal, socket, struct, sys, time
+host, port = sys.argv[1].rsplit(":", 1); name = sys.argv[2]; interval = float(sys.argv[3]); timeout = float(sys.argv[4])
+question = b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((host, int(port))); s.setblocking(False)
+stop = False
+def on_term(*_):
+    global stop; stop = True
+signal.signal(signal.SIGTERM, on_term)
+pending = {}; answers = []; rcodes = {}
+c = {"sent": 0, "timeouts": 0, "late": 0, "refused": 0, "send_errors": 0, "not_answers": 0}
+qid = random.randrange(65536); ready = False
+t0 = time.monotonic(); n = 0
+def receive(wait):
+    global ready
+    if not select.select([s], [], [], max(wait, 0))[0]:
+        return
+    while True:
+        try: d = s.recv(4096)
+        except BlockingIOError: return
+        except ConnectionRefusedError: c["refused"] += 1; continue  # ICMP: nothing listens
+        t = time.monotonic()
+        if len(d) < 12: continue
+        i, flags, _, an = struct.unpack("!HHHH", d[:8])
+        sent = pending.pop(i, None)
+        if sent is None: c["late"] += 1; continue
+        rc = flags & 15; rcodes[rc] = rcodes.get(rc, 0) + 1
+        if rc == 0 and an > 0:
+            answers.append((round(sent, 6), round(t, 6)))
+            if not ready: print("ready", flush=True); ready = True
+        else: c["not_answers"] += 1
+while not stop:
+    now = time.monotonic(); due = t0 + n * interval
+    if now >= due:
+        try:
+            s.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question); pending[qid] = now; c["sent"] += 1
+        except ConnectionRefusedError: c["refused"] += 1
+        except OSError: c["send_errors"] += 1
+        qid = (qid + 1) & 0xFFFF; n += 1
+        if now - (t0 + n * interval) > 0.05:  # stalled: carry on from now, no burst
+            n = int((now - t0) / interval) + 1
+        expired = [i for i, t in pending.items() if t < now - timeout]
+        for i in expired: del pending[i]
+        c["timeouts"] += len(expired)
+    else:
+        receive(due - now)
+end = time.monotonic() + timeout
+while pending and time.monotonic() < end: receive(0.01)
+c["timeouts"] += len(pending)
+print(json.dumps(c | {"interval_s": interval, "timeout_s": timeout, "rcodes": rcodes, "answers": answers}), flush=True)
+"""

@@ -1,10 +1,11 @@
 """The packet benchmark's steps that only the neuwerk configuration has
 (bench/packet.py): starting neuwerk and timing `neuwerk policy check`, learning
 grants through real DNS (dnsperf through its proxy), established flows across
-policy reloads, and memory and idle CPU as grants grow. NeuwerkSteps is a
-mixin of packet.Bench, kept apart only for size: its methods use Bench's
-state (topo, work, watch(), quick, n_hosts, n_static, reloads, mem_grants,
-neuwerk)."""
+policy reloads and across restarts of neuwerk (with the gap in DNS answers),
+and memory and idle CPU as grants grow, then the start-up of a neuwerk that
+adopts them. NeuwerkSteps is a mixin of packet.Bench, kept apart only for
+size: its methods use Bench's state (topo, work, raw, watch(), quick,
+n_hosts, n_static, reloads, restarts, mem_grants, neuwerk)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,56 @@ import common as C
 import progcost
 from packet_fixtures import (GRANTED_IP, PORT_ECHO, PORT_GRANT, PORT_IPERF, PORT_SOCKPERF, SERVER_IP, log,
                              neuwerk_policy, synth_addr)
+
+# The restart test's DNS prober: an allowed name (one of the hostname rules),
+# queried at neuwerk every PROBE_INTERVAL_S; an answer later than
+# PROBE_TIMEOUT_S no longer counts.
+PROBE_NAME = "n0.bench.test"
+PROBE_INTERVAL_S = 0.005
+PROBE_TIMEOUT_S = 0.25
+
+
+def spread(vals, nd=4):
+    """{min, median, max, runs} of the values that are not None (None if none)."""
+    v = [x for x in vals if x is not None]
+    if not v:
+        return None
+    return {"min": round(min(v), nd), "median": round(statistics.median(v), nd), "max": round(max(v), nd),
+            "runs": [round(x, nd) for x in v]}
+
+
+def readline(proc, timeout, what):
+    """The next line of proc's stdout, or raises if none comes within `timeout` s."""
+    import select
+    if not select.select([proc.stdout], [], [], timeout)[0]:
+        proc.kill()
+        raise TimeoutError(f"{what}: nothing within {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{what} exited ({proc.wait()})")
+    return line
+
+
+def dns_gaps(answers, t_signal, t_exit, t_end):
+    """From the prober's [sent, received] answers (monotonic s) around one restart
+    signalled at t_signal, old process gone at t_exit, prober stopped at t_end:
+    the longest time with no answer (between two answers, or from the last one to
+    t_end when answers had stopped), where it lay relative to the signal, and when
+    DNS answered again: the first answer to a query sent after the old process
+    exited, relative to the signal."""
+    rx = sorted(r for _, r in answers)
+    gap, at = 0.0, None
+    for a, b in zip(rx, rx[1:] + [t_end]):
+        if b - a > gap:
+            gap, at = b - a, (a, b)
+    back = min((r for s, r in answers if s >= t_exit), default=None)
+    return {
+        "dns_gap_s": round(gap, 4),
+        "dns_gap_from_s": round(at[0] - t_signal, 4) if at else None,
+        "dns_gap_to_s": round(at[1] - t_signal, 4) if at else None,
+        "sigterm_to_dns_s": round(back - t_signal, 4) if back is not None else None,
+        "answers_after_sigterm_before_exit": sum(1 for r in rx if t_signal <= r < t_exit),
+    }
 
 
 class NeuwerkSteps:
@@ -123,7 +174,13 @@ class NeuwerkSteps:
         if rnd == 0:
             log("neuwerk: reloads under traffic")
             r["reload"] = self.reload_test()
-        self.stop_neuwerk()
+            log("neuwerk: restarts under traffic")
+            try:
+                r["restart"] = self.restart_test()
+            except Exception as e:  # noqa: BLE001 - recorded (report.errors), the run goes on
+                log(f"neuwerk: restart test failed: {e}")
+                r["restart"] = {"error": f"{type(e).__name__}: {e}"}
+        self.stop_neuwerk()  # and detach: also what a failed restart left pinned
         return r
 
     def program_cost(self):
@@ -145,16 +202,8 @@ class NeuwerkSteps:
         """Two steady UDP flows through established connections (one allowed
         by the static rule, one by a DNS grant) while the policy of N
         hostname rules is reloaded `self.reloads` times over the API."""
-        up, cl = self.topo.up, self.topo.client
         rate = 2000
-        echo = C.ns_popen(up, ["/usr/bin/python3", self.work / "echo_server.py",
-                               f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
-                          stdout=subprocess.PIPE, stderr=open(self.work / "echo-server.err", "w"), text=True)
-        C.wait_udp_port(up, PORT_ECHO)
-        cli = C.ns_popen(cl, ["/usr/bin/python3", self.work / "echo_client.py", rate,
-                              f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
-                         stdout=subprocess.PIPE, stderr=open(self.work / "echo-client.err", "w"), text=True)
-        cli.stdout.readline()
+        echo, cli = self.echo_flows_start(rate)
         time.sleep(1.0)  # established, and steady
         durations, codes = [], []
         meter = C.CpuMeter(self.watch()).start()
@@ -168,16 +217,7 @@ class NeuwerkSteps:
             time.sleep(0.2)
         cpu = meter.stop()
         time.sleep(1.0)
-        cli.send_signal(signal.SIGTERM)
-        out, _ = cli.communicate(timeout=30)
-        c = json.loads(out.strip().splitlines()[-1])
-        echo.send_signal(signal.SIGTERM)
-        sout, _ = echo.communicate(timeout=10)
-        seen = json.loads(sout.strip().splitlines()[-1]) if sout.strip() else {}
-        flows = {}
-        for ap in c["sent"]:
-            flows[ap] = {"sent": c["sent"][ap], "server_received": seen.get(ap), "echoes_received": c["received"][ap],
-                         "lost": c["sent"][ap] - c["received"][ap], "rx_gaps_over_10ms_s": c["rx_gaps_over_10ms_s"][ap]}
+        flows = self.echo_flows_stop(echo, cli)
         r = {
             "reloads": self.reloads,
             "hostname_rules": self.n_hosts,
@@ -189,7 +229,141 @@ class NeuwerkSteps:
             "lost_total": sum(f["lost"] for f in flows.values()),
             "cpu_during_reloads": cpu,
         }
-        log(f"reloads: {durations} s; lost {r['lost_total']} of {sum(c['sent'].values())}")
+        log(f"reloads: {durations} s; lost {r['lost_total']} of {sum(f['sent'] for f in flows.values())}")
+        return r
+
+    # ---- established flows: the reload and restart tests' traffic
+
+    def echo_flows_start(self, rate, tag=""):
+        """Two steady UDP echo flows from the client, `rate` packets/s each: to the
+        benchmark server (allowed by the static rule) and to GRANTED_IP:443
+        (allowed by the grant of n1.bench.test). -> (echo server, client) Popens."""
+        up, cl = self.topo.up, self.topo.client
+        echo = C.ns_popen(up, ["/usr/bin/python3", self.work / "echo_server.py",
+                               f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
+                          stdout=subprocess.PIPE, stderr=open(self.work / f"echo-server{tag}.err", "w"), text=True)
+        C.wait_udp_port(up, PORT_ECHO)
+        cli = C.ns_popen(cl, ["/usr/bin/python3", self.work / "echo_client.py", rate,
+                              f"{SERVER_IP}:{PORT_ECHO}", f"{GRANTED_IP}:{PORT_GRANT}"],
+                         stdout=subprocess.PIPE, stderr=open(self.work / f"echo-client{tag}.err", "w"), text=True)
+        cli.stdout.readline()
+        return echo, cli
+
+    def echo_flows_stop(self, echo, cli):
+        """Stops both (the client drains replies for 0.5 s); -> per flow: sent,
+        server_received, echoes_received, lost (sent - echoes), rx gaps > 10 ms."""
+        cli.send_signal(signal.SIGTERM)
+        out, _ = cli.communicate(timeout=30)
+        c = json.loads(out.strip().splitlines()[-1])
+        echo.send_signal(signal.SIGTERM)
+        sout, _ = echo.communicate(timeout=10)
+        seen = json.loads(sout.strip().splitlines()[-1]) if sout.strip() else {}
+        flows = {}
+        for ap in c["sent"]:
+            flows[ap] = {"sent": c["sent"][ap], "server_received": seen.get(ap), "echoes_received": c["received"][ap],
+                         "lost": c["sent"][ap] - c["received"][ap], "rx_gaps_over_10ms_s": c["rx_gaps_over_10ms_s"][ap]}
+        return flows
+
+    # ---- restarts under traffic
+
+    def restart_test(self):
+        """neuwerk restarted `self.restarts` times (SIGTERM, wait for exit, start on
+        the same files, /readyz) while two established UDP flows run through it
+        (the reload test's: static rule and DNS grant, 2,000 packets/s each, each
+        restart with fresh flows established 1 s before it) and a prober in the
+        client namespace asks neuwerk for an allowed name every 5 ms (answers
+        later than 250 ms do not count). The pinned programs should keep
+        forwarding the flows while no daemon runs; DNS is unanswered meanwhile.
+        Per restart: packets lost per flow, the longest gap between two DNS
+        answers, SIGTERM to exit / to DNS answering again / to /readyz, and the
+        grants the new daemon logged as adopted."""
+        rate = 2000
+        grants_before = self.grants_active()
+        runs = []
+        for i in range(self.restarts):
+            helpers = []
+            try:
+                echo, cli = self.echo_flows_start(rate, tag=f"-restart{i}")
+                helpers += [cli, echo]
+                probe = C.ns_popen(self.topo.client,
+                                   ["/usr/bin/python3", self.work / "dns_prober.py", f"{C.FW_IN_IP}:53", PROBE_NAME,
+                                    PROBE_INTERVAL_S, PROBE_TIMEOUT_S],
+                                   stdout=subprocess.PIPE, stderr=open(self.work / f"dns-prober-restart{i}.err", "w"),
+                                   text=True)
+                helpers.append(probe)
+                readline(probe, 30, "DNS prober (first answer)")
+                time.sleep(1.0)  # flows established through this daemon, and steady
+                rs = self.neuwerk.restart(ready_timeout=300)
+                # DNS back (a query through the new daemon), then a second of steady traffic.
+                C.wait_for(lambda: "status: NOERROR" in C.ns_run(
+                    self.topo.client, ["dig", "+time=1", "+tries=1", f"@{C.FW_IN_IP}", PROBE_NAME, "A"],
+                    check=False).stdout, 60, interval=0.05, what="DNS answered after the restart")
+                time.sleep(1.0)
+                flows = self.echo_flows_stop(echo, cli)
+                t_end = time.monotonic()
+                probe.send_signal(signal.SIGTERM)
+                pout, _ = probe.communicate(timeout=30)
+                dns = json.loads(pout.strip().splitlines()[-1])
+            except BaseException:
+                for p in helpers:
+                    if p.poll() is None:
+                        p.kill()
+                raise
+            (self.raw / f"restart-{i}-dns-probe.json").write_text(json.dumps(dns))
+            x = {k: rs[k] for k in ("exit_s", "start_to_ready_s", "returncode", "adopted", "adopted_grants",
+                                    "adopted_line")}
+            x["sigterm_to_ready_s"] = rs["signal_to_ready_s"]
+            x |= dns_gaps(dns["answers"], rs["t_signal"], rs["t_exit"], t_end)
+            x["dns"] = {k: v for k, v in dns.items() if k != "answers"} | {"answered": len(dns["answers"])}
+            x["flows"] = flows
+            x["lost_total"] = sum(f["lost"] for f in flows.values())
+            x["sent_total"] = sum(f["sent"] for f in flows.values())
+            runs.append(x)
+            log(f"restart {i + 1}/{self.restarts}: exit {x['exit_s']} s, DNS again {x['sigterm_to_dns_s']} s, "
+                f"ready {x['sigterm_to_ready_s']} s after SIGTERM; longest DNS gap {x['dns_gap_s']} s; "
+                f"adopted grants={x['adopted_grants']}; lost {x['lost_total']} of {x['sent_total']} packets")
+            time.sleep(1.0)
+        return {
+            "restarts": self.restarts,
+            "hostname_rules": self.n_hosts,
+            "static_rules": self.n_static,
+            "flow_rate_pps_each": rate,
+            "probe": {"name": PROBE_NAME, "interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S},
+            "grants_active_before": grants_before,
+            "grants_active_after": self.grants_active(),
+            "runs": runs,
+            "lost_total": sum(x["lost_total"] for x in runs),
+            "sent_total": sum(x["sent_total"] for x in runs),
+            "lost_max": max(x["lost_total"] for x in runs),
+            "dns_gap_s": spread([x["dns_gap_s"] for x in runs]),
+            "exit_s": spread([x["exit_s"] for x in runs]),
+            "sigterm_to_dns_s": spread([x["sigterm_to_dns_s"] for x in runs]),
+            "sigterm_to_ready_s": spread([x["sigterm_to_ready_s"] for x in runs]),
+            "start_to_ready_s": spread([x["start_to_ready_s"] for x in runs]),
+            "adopted_grants": [x["adopted_grants"] for x in runs],
+        }
+
+    def adoption_restart(self, grants_before):
+        """neuwerk restarted once (SIGTERM, start on the same files): its start-up
+        to /readyz while it adopts the pinned grants, the grants=N it logged as
+        adopted, and its memory afterwards. An error is recorded, not raised."""
+        try:
+            rs = self.neuwerk.restart(ready_timeout=900)
+        except Exception as e:  # noqa: BLE001 - recorded (report.errors), the run goes on
+            log(f"memory: restart adopting the grants failed: {e}")
+            return {"error": f"{type(e).__name__}: {e}", "grants_before": grants_before}
+        r = {"grants_before": grants_before, "adopted": rs["adopted"], "adopted_grants": rs["adopted_grants"],
+             "exit_s": rs["exit_s"], "startup_to_ready_s": rs["start_to_ready_s"],
+             "sigterm_to_ready_s": rs["signal_to_ready_s"], "adopted_line": rs["adopted_line"]}
+        try:
+            r["grants_active_after"] = self.grants_active()
+            mem = self.memory()
+            r |= {"rss_bytes": mem["rss_bytes"], "maps_memlock_bytes": mem["maps_memlock_bytes"], "memory": mem}
+        except Exception as e:  # noqa: BLE001 - the start-up figures stand without it
+            log(f"memory: after the restart: {e}")
+            r["memory_error"] = f"{type(e).__name__}: {e}"
+        log(f"memory: restarted, ready {r['startup_to_ready_s']} s after start adopting grants={r['adopted_grants']} "
+            f"({r.get('grants_active_after')} active), RSS {(r.get('rss_bytes') or 0) >> 20} MiB")
         return r
 
     # ---- memory
@@ -289,6 +463,7 @@ class NeuwerkSteps:
             "rss": round((last["rss_bytes"] - first["rss_bytes"]) / g, 1),
             "grants_map": round(((last["grants_map_bytes"] or 0) - (first["grants_map_bytes"] or 0)) / g, 1),
         }
+        r["restart"] = self.adoption_restart(last["grants_active"])
         self.stop_neuwerk()
         for s in sources:
             C.ns_run(self.topo.client, ["ip", "addr", "del", f"{s}/24", "dev", "cli0"], check=False)

@@ -89,6 +89,19 @@ def summarize(res, per_round):
     if "reload" in res:
         out["reload_lost_packets"] = res["reload"]["lost_total"]
         out["reload_duration_s"] = res["reload"]["duration_s"]
+    rs = res.get("restart")
+    if rs and not rs.get("error"):
+        # Restarts of neuwerk under traffic: each of {min, median, max, runs} is over the restarts.
+        out["restart_count"] = rs["restarts"]
+        out["restart_hostname_rules"] = rs["hostname_rules"]
+        out["restart_lost_packets"] = rs["lost_total"]
+        out["restart_sent_packets"] = rs["sent_total"]
+        out["restart_lost_packets_runs"] = [x["lost_total"] for x in rs["runs"]]
+        out["restart_dns_gap_s"] = rs["dns_gap_s"]
+        out["restart_exit_s"] = rs["exit_s"]
+        out["restart_dns_back_s"] = rs["sigterm_to_dns_s"]
+        out["restart_ready_s"] = rs["sigterm_to_ready_s"]
+        out["restart_adopted_grants"] = rs["adopted_grants"]
     nft_rounds = per_round.get("nftables", [])
     if nft_rounds:
         out["nftables_load_s"] = [r["setup"]["load_s"] for r in nft_rounds]
@@ -96,6 +109,11 @@ def summarize(res, per_round):
         out["memory_final"] = res["memory"]["final"]
         out["memory_per_grant_bytes"] = res["memory"]["per_grant_bytes"]
         out["memory_neuwerk_idle_cores"] = res["memory"]["idle_cpu"]["neuwerk_cores"]
+        mr = res["memory"].get("restart")
+        if mr and not mr.get("error"):
+            out["memory_restart"] = {k: mr.get(k) for k in ("grants_before", "adopted_grants", "grants_active_after",
+                                                            "startup_to_ready_s", "sigterm_to_ready_s", "exit_s",
+                                                            "rss_bytes", "maps_memlock_bytes")}
     return out
 
 

@@ -109,6 +109,7 @@ def packet_section(p):
             f"| start-up to ready with it | {_fmt(s.get('neuwerk_startup_to_ready_s'), ' s')} |",
             f"| policy reload with it (API, median) | {_fmt(s.get('reload_duration_s'), ' s')} |",
             f"| packets of established flows lost during reloads | {_fmt(s.get('reload_lost_packets'))} |",
+            *restart_rows(s),
             f"| names learned per second (grant loading through DNS) | {_fmt(s.get('neuwerk_learn_names_per_s'))} |",
             f"| nftables ruleset load (same allow-list) | {_fmt(s.get('nftables_load_s'), ' s')} |"]
     mem = s.get("memory_final") or {}
@@ -118,9 +119,78 @@ def packet_section(p):
     per = s.get("memory_per_grant_bytes")
     if isinstance(per, dict):
         out.append("| memory per grant | " + ", ".join(f"{k} {_fmt(v)} B" for k, v in per.items()) + " |")
+    out.append(adoption_row(s.get("memory_restart"), mem.get("grants_active")))
     for n in p.get("notes", []) or []:
         out.append(f"\nNote: {n}")
     return out, s
+
+
+def _spread(v, unit=" s"):
+    """{min, median, max, runs} as 'median (min to max)' ('n/a' if not measured)."""
+    if not isinstance(v, dict) or v.get("median") is None:
+        return _fmt(v)
+    if v.get("min") == v.get("max"):
+        return _fmt(v["median"], unit)
+    return f"{_fmt(v['median'], unit)} ({_fmt(v.get('min'))} to {_fmt(v.get('max'))})"
+
+
+def restart_rows(s):
+    """The restart figures, beside the reload ones (packet_neuwerk.restart_test):
+    established flows and DNS across SIGTERM, start, ready of neuwerk."""
+    n = s.get("restart_count")
+    per = s.get("restart_lost_packets_runs") or []
+    lost = s.get("restart_lost_packets")
+    rules = s.get("restart_hostname_rules")
+    lost_cell = _fmt(lost)
+    if lost is not None:
+        each = f"; per restart: {', '.join(_fmt(x) for x in per)}" if len(per) > 1 else ""
+        lost_cell += f" of {_fmt(s.get('restart_sent_packets'))} over {_fmt(n)} restart(s), 2 flows{each}"
+    gap_cell = _spread(s.get("restart_dns_gap_s"))
+    if rules is not None and rules != 100_000:
+        gap_cell += f" (with {_fmt(rules)} rules)"
+    return [
+        f"| packets of established flows lost across a restart | {lost_cell} |",
+        f"| longest DNS gap during a restart, 100k rules (median, range over restarts) | {gap_cell} |",
+        f"| restart: SIGTERM to exit / to DNS answering again / to ready | {_spread(s.get('restart_exit_s'))} / "
+        f"{_spread(s.get('restart_dns_back_s'))} / {_spread(s.get('restart_ready_s'))} |",
+    ]
+
+
+def adoption_row(mr, grants):
+    """Start-up of a neuwerk adopting the memory step's grants (run_memory's restart)."""
+    grants = (mr or {}).get("grants_before") or grants
+    title = f"start-up adopting {_fmt(grants) if grants else '1,000,000'} grants (restart, new process to /readyz)"
+    if not mr:
+        return f"| {title} | n/a |"
+    rss = mr.get("rss_bytes")
+    return (f"| {title} | {_fmt(mr.get('startup_to_ready_s'), ' s')}; {_fmt(mr.get('adopted_grants'))} adopted "
+            f"(logged), {_fmt(mr.get('grants_active_after'))} active after; RSS "
+            f"{_fmt(rss / 2**20 if rss else None, ' MiB')} |")
+
+
+def restart_targets(s):
+    """Target rows of the restart test: no packet of an established flow lost, DNS
+    never silent for 1 s (judged on the worst restart)."""
+    rows = []
+    lost = s.get("restart_lost_packets")
+    n = s.get("restart_count")
+    if lost is not None:
+        per = s.get("restart_lost_packets_runs") or []
+        each = f" (per restart: {', '.join(_fmt(x) for x in per)})" if len(per) > 1 else ""
+        rows.append(f"| packets of established flows lost across a restart = 0 | {_fmt(lost)} of "
+                    f"{_fmt(s.get('restart_sent_packets'))} over {_fmt(n)} restart(s), 2 flows{each} | "
+                    f"{_missed(lost > 0 and f'{lost:,} lost')} |")
+    gap = s.get("restart_dns_gap_s")
+    if isinstance(gap, dict) and gap.get("max") is not None:
+        rules = s.get("restart_hostname_rules")
+        at = "" if rules == 100_000 else f"; measured with {_fmt(rules)} rules, the target is set at 100,000"
+        worst = gap["max"]
+        rows.append(f"| longest DNS gap during a restart < 1 s, 100k rules | {_fmt(worst, ' s')} at worst, median "
+                    f"{_fmt(gap.get('median'), ' s')} over {_fmt(n)} restart(s) (SIGTERM to exit "
+                    f"{_spread(s.get('restart_exit_s'))}, to DNS answering {_spread(s.get('restart_dns_back_s'))}, "
+                    f"to ready {_spread(s.get('restart_ready_s'))}){at} | "
+                    f"{_missed(worst >= 1 and f'{worst - 1:.3f} s over')} |")
+    return rows
 
 
 def program_cost_lines(pc):
@@ -357,6 +427,7 @@ def targets_section(s, d):
                                   if rt_us is not None and rt_us < 1.0 else ""))
         rows.append(f"| busy-poll P99 added < 1 µs | {busy} µs (nftables {ratio('latency_busy_p99_us_added', 'nftables')} µs){own} | "
                     f"{_missed(why)} |")
+    rows += restart_targets(s)
     summ = {t["target"]: t for t in d.get("summary", []) if not t.get("error")}
     dd = summ.get("dnsdist", {}).get("max_qps")
     direct = summ.get("direct", {})
@@ -400,6 +471,13 @@ def errors(results):
         err = ((r.get("teardown") or {}).get("program_cost") or {}).get("error")
         if err:
             found.append((f"packet neuwerk round {i + 1} program cost", err))
+    pk = results.get("packet") or {}
+    for where, r in (("packet neuwerk restarts", pk.get("restart")),
+                     ("packet memory restart adopting the grants", (pk.get("memory") or {}).get("restart"))):
+        if isinstance(r, dict) and r.get("error"):
+            found.append((where, r["error"]))
+        if isinstance(r, dict) and r.get("memory_error"):
+            found.append((where + ": memory after it", r["memory_error"]))
     for t in (results.get("dns") or {}).get("summary", []) or []:
         if t.get("error"):
             found.append((f"dns {t['target']}", t["error"]))

@@ -246,6 +246,61 @@ impl Interned {
     }
 }
 
+/// A dataplane whose maps are open and programs verified, not yet
+/// enforcing this daemon's policy (see [`Dataplane::open`]).
+pub struct Opened {
+    dp: Dataplane,
+    ingress: String,
+    egress: String,
+    layout: u64,
+    carried: Vec<String>,
+}
+
+impl Opened {
+    /// Writes `policy` (as a reload would: one flip of the generation),
+    /// then attaches both programs, swapping them into the pinned links,
+    /// and removes the maps of other layouts.
+    pub fn activate(self, policy: &Policy) -> Result<Dataplane, DataplaneError> {
+        let Opened {
+            mut dp,
+            ingress,
+            egress,
+            layout,
+            mut carried,
+        } = self;
+        dp.apply_policy(policy)?;
+        let hooks = [
+            (loader::PROG_FROM_CLIENT, &ingress, Hook::Client),
+            (loader::PROG_FROM_UPSTREAM, &egress, Hook::Upstream),
+        ];
+        for (name, iface, hook) in hooks {
+            let a = loader::attach(&mut dp._ebpf, name, iface, &dp.pins, hook)?;
+            dp.attached.push(a);
+        }
+        dp.adoption.links_replaced = dp.attached.iter().all(|a| a.replaced);
+        carried.extend(dp.remove_other_layouts(layout));
+        dp.adoption.carried = carried;
+        Ok(dp)
+    }
+
+    /// Gives up a start (its policy turned out invalid): maps this start
+    /// made, with no program pinned to use them, are removed; anything a
+    /// previous daemon left stays as it is, enforcing.
+    pub fn abandon(self) {
+        let pins = self.dp.pins.clone();
+        let maps = pins.maps(self.layout);
+        let made_here = !self.dp.adoption.adopted;
+        let linked = [Hook::Client, Hook::Upstream]
+            .iter()
+            .any(|&h| pins.link(h).exists());
+        drop(self);
+        if made_here && !linked {
+            let _ = std::fs::remove_dir_all(maps);
+            let _ = std::fs::remove_dir(pins.dir());
+        }
+    }
+}
+
 /// The loaded, attached dataplane.
 pub struct Dataplane {
     /// Policy tables, conntrack and listeners, and what was written to them.
@@ -311,6 +366,15 @@ impl Dataplane {
         policy: &Policy,
         events: &EventLimits,
     ) -> Result<Dataplane, DataplaneError> {
+        Dataplane::open(cfg, events)?.activate(policy)
+    }
+
+    /// The first half of a start: loads the object with its pinned maps
+    /// (adopting or carrying over what it finds), reads back the pinned
+    /// state and has the kernel verify both programs, which takes most of
+    /// a start's time; nothing is attached or swapped yet. A daemon parses
+    /// its policy meanwhile, then calls [`Opened::activate`].
+    pub fn open(cfg: &DataplaneConfig, events: &EventLimits) -> Result<Opened, DataplaneError> {
         let forwarding = ForwardSetup::probe(cfg.forwarding, &cfg.ingress, &cfg.egress)?;
         let pins = PinLayout::new(&cfg.pin_dir);
         let persistence = pins::prepare(pins.dir())?;
@@ -401,27 +465,17 @@ impl Dataplane {
         };
         let _ = dp.grant_delete.delete(&pinned.dead);
         dp.write_listeners(&cfg.dns_listen)?;
-        dp.apply_policy(policy)?;
         let mut dp = dp;
-        let client = loader::attach(
-            &mut dp._ebpf,
-            loader::PROG_FROM_CLIENT,
-            &cfg.ingress,
-            &dp.pins,
-            Hook::Client,
-        )?;
-        let upstream = loader::attach(
-            &mut dp._ebpf,
-            loader::PROG_FROM_UPSTREAM,
-            &cfg.egress,
-            &dp.pins,
-            Hook::Upstream,
-        )?;
-        dp.adoption.links_replaced = client.replaced && upstream.replaced;
-        dp.attached = vec![client, upstream];
-        carried.extend(dp.remove_other_layouts(layout));
-        dp.adoption.carried = carried;
-        Ok(dp)
+        for name in [loader::PROG_FROM_CLIENT, loader::PROG_FROM_UPSTREAM] {
+            loader::verify(&mut dp._ebpf, name)?;
+        }
+        Ok(Opened {
+            dp,
+            ingress: cfg.ingress.clone(),
+            egress: cfg.egress.clone(),
+            layout,
+            carried,
+        })
     }
 
     /// Whether both programs are still attached to their interfaces; the

@@ -33,7 +33,7 @@ mod scratch;
 pub mod stats;
 mod sys;
 
-pub use dataplane::{Adoption, Connection, Dataplane, DataplaneConfig, Origin};
+pub use dataplane::{Adoption, Connection, Dataplane, DataplaneConfig, Opened, Origin};
 pub use error::DataplaneError;
 pub use events::PacketEvents;
 pub use loader::EventLimits;

@@ -139,7 +139,27 @@ pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneErro
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
 
-/// Loads program `name` into the kernel and attaches it to the ingress of
+/// Loads program `name` into the kernel: the verifier's pass, most of a
+/// start's time.
+pub fn verify(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DataplaneError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: Box::new(aya::programs::ProgramError::NotLoaded),
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+    prog.load().map_err(|e| DataplaneError::Program {
+        name,
+        source: Box::new(e),
+    })
+}
+
+/// Attaches program `name` (loaded by [`verify`]) to the ingress of
 /// `iface` through the link pinned for `hook`: an existing link gets the
 /// program swapped in atomically; otherwise (or when that link's interface
 /// is gone) a new TCX link is made and pinned.
@@ -160,10 +180,6 @@ pub fn attach(
         .ok_or_else(|| attach_err("program missing from the object".into()))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| attach_err(e.to_string()))?;
-    prog.load().map_err(|e| DataplaneError::Program {
-        name,
-        source: Box::new(e),
-    })?;
     let mut done = Attached {
         program: name,
         iface: iface.to_string(),

@@ -114,20 +114,19 @@ const READINESS_CHECK: Duration = Duration::from_secs(5);
 
 /// Logs each change of readiness once: a program taken off its interface,
 /// the policy generation changed under the daemon, forwarding turned off.
+/// Started once the DNS listeners serve, so that its first check sees a
+/// node that should be ready.
 pub async fn watch_readiness(node: Arc<Node>) {
     use neuwerk_mgmt::Admin;
     let mut tick = tokio::time::interval(READINESS_CHECK);
     let mut last: Vec<String> = Vec::new();
-    // Start-up is not a change worth a log line: watch from the first ready.
-    let mut seen_ready = false;
     loop {
         tick.tick().await;
         let n = node.clone();
         let Ok(r) = tokio::task::spawn_blocking(move || n.readiness()).await else {
             continue;
         };
-        seen_ready |= r.ready();
-        if seen_ready && r.problems != last {
+        if r.problems != last {
             if r.ready() {
                 tracing::info!("ready again");
             } else {

@@ -11,7 +11,7 @@ use neuwerk_core::config::Config;
 use neuwerk_core::grants::GrantStore;
 use neuwerk_core::policy::Policy;
 use neuwerk_datapath::pins::Persistence;
-use neuwerk_datapath::{Dataplane, DataplaneConfig};
+use neuwerk_datapath::{Dataplane, DataplaneConfig, EventLimits};
 use neuwerk_dns::{DnsServer, ProxyContext};
 use neuwerk_mgmt::{EventBus, Metrics, MgmtObserver, Server};
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,14 +34,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let loaded = load_policy(&config.policy.file, config.policy.audit)?;
-    tracing::info!(file = %config.policy.file.display(), "policy loaded: {}", loaded.policy.summary());
-    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
-    metrics.set_generation(1);
-    for n in &loaded.policy.networks {
-        metrics.declare_network(&n.name);
-    }
-    let bus = EventBus::default();
+    // Parsed while the kernel verifies the programs: the two take most of
+    // a start, and while no daemon runs DNS goes unanswered.
+    let (file, audit) = (config.policy.file.clone(), config.policy.audit);
+    let parsing = tokio::task::spawn_blocking(move || load_policy(&file, audit));
 
     // Bind what can be busy before touching the kernel: a clear error and
     // nothing left behind.
@@ -54,7 +50,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::info!("turned {name} on: the node forwards what the policy allows");
     }
-    let dataplane = Arc::new(Dataplane::start(
+    let opened = Dataplane::open(
         &DataplaneConfig {
             ingress: config.interfaces.ingress.clone(),
             egress: config.interfaces.egress.clone(),
@@ -63,8 +59,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             forwarding: config.interfaces.forwarding,
             pin_dir: config.dataplane.pin_dir.clone(),
         },
-        &loaded.policy,
-    )?);
+        &EventLimits::default(),
+    )?;
+    let loaded = match parsing.await.context("parsing the policy")? {
+        Ok(l) => l,
+        Err(e) => {
+            opened.abandon();
+            return Err(e.into());
+        }
+    };
+    tracing::info!(file = %config.policy.file.display(), "policy loaded: {}", loaded.policy.summary());
+    let dataplane = Arc::new(opened.activate(&loaded.policy)?);
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    metrics.set_generation(1);
+    for n in &loaded.policy.networks {
+        metrics.declare_network(&n.name);
+    }
+    let bus = EventBus::default();
     let store = Arc::new(GrantStore::new(dataplane.clone()));
     report_attach(&config, &dataplane, &store, &loaded.policy);
     let state = Arc::new(PolicyState {
@@ -121,7 +132,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(observe::sweep_expired(store.clone(), bus.clone())),
         tokio::spawn(observe::pump_packet_events(node.clone(), bus.clone())),
         tokio::spawn(observe::poll_counts(node.clone(), bus.clone())),
-        tokio::spawn(observe::watch_readiness(node.clone())),
     ];
     let mgmt = tokio::spawn(neuwerk_mgmt::serve(mgmt_listener, server, stopped()));
     tracing::info!(listen = %config.management.listen, "management API listening");
@@ -131,12 +141,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     node.dns_listening.store(true, Ordering::Relaxed);
+    let readiness = tokio::spawn(observe::watch_readiness(node.clone()));
     tracing::info!(listen = ?config.dns.listen, "DNS proxy listening");
     let dns_result = dns.run(stopped()).await;
 
     for t in tasks {
         t.abort();
     }
+    readiness.abort();
     let _ = mgmt.await;
     tracing::info!(
         pin_dir = %config.dataplane.pin_dir.display(),
@@ -157,15 +169,26 @@ fn report_attach(config: &Config, dataplane: &Dataplane, store: &Store, policy: 
     let (revoked, closed) = revoke_disallowed(policy, store, dataplane);
     let adoption = dataplane.adoption();
     let pin_dir = config.dataplane.pin_dir.display();
-    if adoption.adopted || !pinned.is_empty() {
+    let kept = pinned.len() - revoked.len();
+    let (revoked, closed) = (revoked.len(), closed);
+    if adoption.adopted {
         tracing::info!(
             %pin_dir,
-            grants = pinned.len() - revoked.len(),
-            grants_revoked = revoked.len(),
+            grants = kept,
+            grants_revoked = revoked,
             connections_closed = closed,
             links_replaced = adoption.links_replaced,
             "adopted the pinned dataplane: its grants, connections and counters stay, \
              but for what this policy does not allow"
+        );
+    } else if !adoption.carried.is_empty() {
+        tracing::info!(
+            %pin_dir,
+            grants = kept,
+            grants_revoked = revoked,
+            connections_closed = closed,
+            links_replaced = adoption.links_replaced,
+            "new maps, with what was carried over from the previous layout's"
         );
     }
     for line in &adoption.carried {

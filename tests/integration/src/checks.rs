@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-use crate::client::{Host, ALLOWED, BLOCKED};
+use crate::client::{Host, HttpConn, ALLOWED, BLOCKED};
 use crate::dns_client::{rcode, DnsOpts};
 
 /// `SocketAddr` from an address of either family and a port.
@@ -32,6 +32,33 @@ pub fn assert_http_ok(host: Host<'_>, addr: SocketAddr) {
 pub fn assert_tcp_blocked(host: Host<'_>, addr: SocketAddr) {
     if host.tcp_connect(addr, BLOCKED).is_ok() {
         panic!("expected TCP to {addr} to be blocked, but it connected");
+    }
+}
+
+/// `GET /` on the open keep-alive connection `conn`; asserts that the
+/// mock answers `ok <port>`, saying `what` otherwise.
+#[track_caller]
+pub fn assert_exchange(conn: &mut HttpConn, what: &str) {
+    let port = conn.peer().port();
+    match conn.get(ALLOWED) {
+        Ok(body) => assert_eq!(body, format!("ok {port}"), "{what}"),
+        Err(e) => panic!(
+            "{what}: the open connection to {} failed: {e:#}",
+            conn.peer()
+        ),
+    }
+}
+
+/// Asserts that `GET /` on the open connection `conn` gets no answer
+/// within [`BLOCKED`] (the firewall cut it), saying `what` otherwise. The
+/// connection is of no further use.
+#[track_caller]
+pub fn assert_exchange_fails(conn: &mut HttpConn, what: &str) {
+    if let Ok(body) = conn.get(BLOCKED) {
+        panic!(
+            "{what}: the open connection to {} still exchanges data (got {body:?})",
+            conn.peer()
+        );
     }
 }
 

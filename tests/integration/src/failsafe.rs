@@ -1,22 +1,33 @@
-//! Helpers of the failsafe suite (`tests/failsafe.rs`): a dataplane that
-//! outlives the neuwerk process. What neuwerk pins in the host bpffs and
-//! logs about it, waiting for a condition instead of sleeping, and a
-//! background DNS client that measures how long answers stop during a
-//! restart.
+//! Helpers of the failsafe suites (`tests/failsafe.rs`,
+//! `tests/failsafe_reload.rs`, `tests/failsafe_start.rs`): a dataplane
+//! that outlives the neuwerk process, and reloads and starts that keep
+//! what the policy still allows. What neuwerk pins in the host bpffs and
+//! logs about it (adoption, reloads, upgrades, readiness), waiting for a
+//! condition instead of sleeping, a connection that only connection
+//! tracking carries, and a background DNS client that measures how long
+//! answers stop during a restart.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Result};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
+use crate::checks::{assert_exchange, assert_resolves, assert_tcp_blocked};
+use crate::client::ALLOWED;
 use crate::dns_client::{self, DnsOpts};
+use crate::kernel_maps::grant_expired_v4;
 use crate::netns::Netns;
+use crate::neuwerk::Neuwerk;
+use crate::topology::{Topology, NEUWERK_DNS_V4};
+use crate::zone::SHORT_TTL;
+use crate::HttpConn;
 
 /// Logged by a starting neuwerk that took over a pinned dataplane (with
 /// a `grants=N` field: the live grants it found).
@@ -33,6 +44,15 @@ pub const LINK_CLIENT: &str = "link_client";
 pub const LINK_UPSTREAM: &str = "link_upstream";
 /// Maps that every pinned map dir must hold (a subset: one file per map).
 pub const EXPECTED_MAPS: [&str; 3] = ["nw_grants", "nw_conntrack", "nw_networks"];
+
+/// Logged once per reload that took effect, with the fields
+/// `generation=N`, `grants_revoked=N` and `connections_closed=N`.
+pub const RELOADED: &str = "policy reloaded";
+/// Starts each line a starting neuwerk logs about state it carried over
+/// from pinned maps of another layout (an upgrade).
+pub const UPGRADE: &str = "upgrade:";
+/// Logged (with the problems) when a running neuwerk stops being ready.
+pub const NOT_READY: &str = "not ready:";
 
 /// Polls `f` every `every` until it is true (returns true) or `limit`
 /// has passed (returns false). `f` runs at least once.
@@ -84,6 +104,118 @@ pub fn log_field(line: &str, key: &str) -> Option<u64> {
 /// The first log line containing [`ADOPTED`].
 pub fn adopted_line(logs: &str) -> Option<String> {
     logs.lines().find(|l| l.contains(ADOPTED)).map(strip_ansi)
+}
+
+/// The log line of the reload that made `generation` the policy in force
+/// ([`RELOADED`] with `generation=N`), without colour.
+pub fn reload_line(logs: &str, generation: u64) -> Option<String> {
+    logs.lines()
+        .filter(|l| l.contains(RELOADED))
+        .map(strip_ansi)
+        .find(|l| log_field(l, "generation") == Some(generation))
+}
+
+/// Waits up to `limit` for the reload line of `generation` in the current
+/// process's log and returns it; panics with the log tail when it does not
+/// come.
+#[track_caller]
+pub fn wait_reload(nw: &Neuwerk<'_>, generation: u64, limit: Duration) -> String {
+    let mut line = None;
+    wait_until(limit, Duration::from_millis(100), || {
+        line = reload_line(&nw.logs(), generation);
+        line.is_some()
+    });
+    line.unwrap_or_else(|| {
+        panic!(
+            "no {RELOADED:?} line with generation={generation} within {limit:?}\n{}",
+            nw.log_tail(40)
+        )
+    })
+}
+
+/// `connections_closed=N` of a reload line; panics when it has none.
+#[track_caller]
+pub fn connections_closed(reload_line: &str) -> u64 {
+    log_field(reload_line, "connections_closed")
+        .unwrap_or_else(|| panic!("no connections_closed=N in the reload line: {reload_line}"))
+}
+
+/// Resolves `name` (a name of TTL [`SHORT_TTL`] in the standard zone)
+/// through neuwerk, opens a keep-alive HTTP connection to `dst` (its IPv4
+/// address and a port its rule allows) under the fresh grant, then waits
+/// until the grant in neuwerk's kernel map has run out. Asserts that a new
+/// connection to `dst` is then blocked and the open one still exchanges
+/// data: from here on only connection tracking carries it. No other
+/// connection to `dst` is opened under the grant, so the returned one is
+/// the only tracked connection the name opened.
+pub fn open_under_expiring_grant(
+    topo: &Topology,
+    nw: &Neuwerk<'_>,
+    name: &str,
+    dst: SocketAddr,
+) -> HttpConn {
+    let IpAddr::V4(v4) = dst.ip() else {
+        panic!("open_under_expiring_grant reads IPv4 grants; {dst} is not IPv4");
+    };
+    let c = topo.client();
+    let resolved_at = Instant::now();
+    assert_resolves(c, NEUWERK_DNS_V4, name, &[dst.ip()]);
+    let mut conn = c
+        .http_connect(dst, ALLOWED)
+        .unwrap_or_else(|e| panic!("connect to {dst} under the fresh grant of {name}: {e:#}"));
+    assert_exchange(
+        &mut conn,
+        &format!("first exchange under the grant of {name}"),
+    );
+    let ttl = Duration::from_secs(SHORT_TTL.into());
+    assert!(
+        resolved_at.elapsed() < ttl,
+        "setup too slow: the grant of {name} (TTL {ttl:?}) may have run out before the \
+         connection was open"
+    );
+    let expired = wait_until(
+        ttl + Duration::from_secs(10),
+        Duration::from_millis(100),
+        || grant_expired_v4(nw.pid(), v4),
+    );
+    assert!(
+        expired,
+        "the kernel map still allows {v4} {:?} after resolving {name} (TTL {ttl:?})",
+        resolved_at.elapsed()
+    );
+    assert_tcp_blocked(c, dst);
+    assert_exchange(
+        &mut conn,
+        &format!("tracked connection to {dst} after the grant of {name} ran out"),
+    );
+    conn
+}
+
+/// Exchanges (`GET /`) on `conn` every 10 ms until `stop`, counting them
+/// in `count`; returns the completion times, or the first failure. Meant
+/// for a thread that keeps a connection busy across a restart.
+pub fn keep_exchanging(
+    conn: &mut HttpConn,
+    stop: &AtomicBool,
+    count: &AtomicUsize,
+) -> Result<Vec<Instant>> {
+    let mut done = Vec::new();
+    let want = format!("ok {}", conn.peer().port());
+    while !stop.load(Ordering::Relaxed) {
+        match conn.get(ALLOWED) {
+            Ok(body) if body == want => done.push(Instant::now()),
+            Ok(body) => bail!("exchange {}: unexpected body {body:?}", done.len() + 1),
+            Err(e) => {
+                return Err(anyhow!(
+                    "exchange {} on the open connection: {e:#}",
+                    done.len() + 1
+                ))
+            }
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(done)
 }
 
 /// Whether `text` (output of `neuwerk detach`) says there was nothing to
@@ -376,6 +508,18 @@ mod tests {
         );
         assert_eq!(log_field(r#"{"grants":12,"x":1}"#, "grants"), Some(12));
         assert!(adopted_line(&format!("a\n{line}\nb")).is_some());
+        let reloads = "x INFO neuwerk::reload: policy reloaded (SIGHUP): 1 network \
+                       generation=2 grants_revoked=0 connections_closed=0\n\
+                       x INFO neuwerk::reload: policy reloaded (file changed): 1 network \
+                       generation=3 grants_revoked=1 connections_closed=1\n";
+        let third = reload_line(reloads, 3).expect("generation 3");
+        assert!(third.contains("file changed"), "{third}");
+        assert_eq!(connections_closed(&third), 1);
+        assert_eq!(
+            reload_line(reloads, 2).map(|l| connections_closed(&l)),
+            Some(0)
+        );
+        assert!(reload_line(reloads, 4).is_none());
         assert!(says_nothing_pinned("nothing is pinned under /sys/fs/bpf/x"));
         assert!(says_nothing_pinned("neuwerk: no pinned dataplane in /x"));
         assert!(!says_nothing_pinned(

@@ -26,6 +26,27 @@ pub fn grant_deadline_v4(pid: u32, addr: Ipv4Addr) -> Option<u64> {
         .max()
 }
 
+/// Whether the `nw_grants` map of the neuwerk process `pid` no longer
+/// allows IPv4 `addr`: it holds no slot for it, or the latest deadline of
+/// those it holds has passed (the kernel compares the same clock per
+/// packet).
+pub fn grant_expired_v4(pid: u32, addr: Ipv4Addr) -> bool {
+    grant_deadline_v4(pid, addr).is_none_or(|deadline| monotonic_ns() > deadline)
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel maps' deadlines
+/// (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn grants(pid: u32) -> HashMap<MapData, GrantKey, GrantValue> {
     let data = open_map(pid, "nw_grants")
         .unwrap_or_else(|| panic!("neuwerk {pid} holds no map named nw_grants"));

@@ -6,7 +6,7 @@
 //! DNS and HTTP servers in the upstream namespace, and optionally a
 //! [`neuwerk::Neuwerk`] process in the firewall namespace. Everything is
 //! removed on drop, also when the test panics, including what a
-//! survivable run ([`neuwerk::Launch::HostMounts`]) pinned in the host
+//! survivable run ([`launch::Launch::HostMounts`]) pinned in the host
 //! bpffs.
 //!
 //! Needs root: [`root::require_root`] makes tests fail (never skip) without it.
@@ -15,11 +15,13 @@
 
 pub mod checks;
 pub mod client;
+pub mod config;
 pub mod dns_client;
 pub mod dns_mock;
 pub mod failsafe;
 pub mod http_mock;
 pub mod kernel_maps;
+pub mod launch;
 pub mod mgmt;
 pub mod netns;
 pub mod neuwerk;
@@ -31,10 +33,12 @@ pub mod topology;
 pub mod zone;
 
 pub use client::{Host, HttpConn, ProbeServer};
+pub use config::{DenyResponse, NeuwerkConfig};
 pub use dns_client::{DnsOpts, Transport};
 pub use dns_mock::{DnsMock, Failure, MockRecord, QueryLogEntry};
 pub use http_mock::HttpMock;
+pub use launch::Launch;
 pub use netns::Netns;
-pub use neuwerk::{DenyResponse, Launch, Neuwerk, NeuwerkConfig};
+pub use neuwerk::Neuwerk;
 pub use root::require_root;
 pub use topology::Topology;

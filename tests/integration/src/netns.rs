@@ -68,6 +68,14 @@ impl Netns {
         run_ok(&mut cmd).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// The value of sysctl `key` inside the namespace (`sysctl -n`),
+    /// trimmed; panics when it cannot be read.
+    pub fn sysctl_value(&self, key: &str) -> String {
+        let out =
+            run_ok(self.command("sysctl").arg("-n").arg(key)).unwrap_or_else(|e| panic!("{e:#}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// A command that will run inside the namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
