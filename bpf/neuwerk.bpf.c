@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The dataplane object: both TC programs in one compilation unit so they
- * share one set of maps without pinning (bpffs is not mounted inside
- * `ip netns exec`, and a pin would outlive the process).
+ * The dataplane object: both TC programs in one compilation unit, so that
+ * they share one set of maps (which userspace pins, with their links, so
+ * that they outlive the daemon: crates/neuwerk-datapath/src/pins.rs).
  */
 #include "tc_client.c"
 #include "tc_upstream.c"

@@ -16,18 +16,22 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline int range_allows(const struct nw_port_range *r, const struct nw_flow *f)
+static __always_inline int range_allows(const struct nw_port_range *r, __u32 proto, __u32 dport)
 {
 	if (r->all)
 		return 1;
-	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 0; /* port-less protocols need the all-ports range */
-	if (r->proto != NW_PROTO_ANY && r->proto != f->proto)
+	if (r->proto != NW_PROTO_ANY && r->proto != proto)
 		return 0;
-	return f->dport >= r->lo && f->dport <= r->hi;
+	return dport >= r->lo && dport <= r->hi;
 }
 
-static __always_inline int portset_allows(__u32 id, const struct nw_flow *f)
+/* Whether port set `id` allows (proto, dport). A global function, so the
+ * kernel verifies its loop once rather than at every call site on every
+ * path: the client program's verification is most of a daemon's start,
+ * and DNS goes unanswered while a restarting daemon waits for it. */
+__attribute__((noinline)) int nw_portset_allows(__u32 id, __u32 proto, __u32 dport)
 {
 	struct nw_portset *ps;
 	__u32 i;
@@ -40,10 +44,15 @@ static __always_inline int portset_allows(__u32 id, const struct nw_flow *f)
 	for (i = 0; i < NW_PORTSET_RANGES; i++) {
 		if (i >= ps->count)
 			break;
-		if (range_allows(&ps->ranges[i], f))
+		if (range_allows(&ps->ranges[i], proto, dport))
 			return 1;
 	}
 	return 0;
+}
+
+static __always_inline int portset_allows(__u32 id, const struct nw_flow *f)
+{
+	return nw_portset_allows(id, f->proto, f->dport);
 }
 
 /* 1. static rules */
