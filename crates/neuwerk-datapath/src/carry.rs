@@ -118,7 +118,109 @@ fn sizes(m: &MapData) -> Result<(EntrySizes, MapType), String> {
 
 #[cfg(test)]
 mod tests {
+    use aya::maps::{HashMap as BpfHash, Map};
+    use neuwerk_core::config::{ConntrackConfig, Forwarding};
+
     use super::*;
+    use crate::loader::{self, EventLimits, ForwardSetup, LoadConstants};
+    use crate::scratch;
+
+    /// A pin dir of this test's own, removed on drop.
+    struct TempPins(std::path::PathBuf);
+
+    impl TempPins {
+        fn new(tag: &str) -> TempPins {
+            let dir = Path::new(crate::pins::BPFFS_ROOT)
+                .join(format!("nwtest-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            crate::pins::prepare(&dir).expect("a bpffs (these tests need root)");
+            TempPins(dir)
+        }
+    }
+
+    impl Drop for TempPins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The object loaded with its maps pinned (and empty) under `dir`.
+    fn load(dir: &Path) -> Ebpf {
+        let forwarding = ForwardSetup {
+            mode: Forwarding::Direct,
+            peer_ifindex: [0, 0],
+        };
+        let consts = LoadConstants {
+            conntrack: &ConntrackConfig::default(),
+            forwarding: &forwarding,
+            events: &EventLimits::default(),
+        };
+        loader::load(consts, dir).expect("load the object")
+    }
+
+    /// An upgrade from ABI version 1: its connections (16-byte values)
+    /// come over, marked as opened by a grant of unknown name; its grants
+    /// come over as they are; maps it lacks are said to be missing.
+    #[test]
+    fn a_version_1_layout_is_carried_into_new_maps() {
+        let pins = TempPins::new("carry");
+        let old = pins.0.join("maps-old");
+        std::fs::create_dir_all(&old).unwrap();
+        let ct_key = abi::CtKey {
+            sport: 40000,
+            dport: 443,
+            proto: 6,
+            ..Default::default()
+        };
+        let v1_ct = scratch::map::<abi::CtKey, [u8; CT_VALUE_V1]>(scratch::LRU_HASH, 0, 64);
+        let mut v1_value = [0u8; CT_VALUE_V1];
+        v1_value[..8].copy_from_slice(&123u64.to_ne_bytes());
+        v1_value[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        let data = MapData::from_fd(v1_ct).unwrap();
+        data.pin(old.join("nw_conntrack")).unwrap();
+        let mut m: BpfHash<MapData, abi::CtKey, [u8; CT_VALUE_V1]> =
+            BpfHash::try_from(Map::LruHashMap(data)).unwrap();
+        m.insert(ct_key, v1_value, 0).unwrap();
+        let grants = scratch::map::<abi::GrantKey, abi::GrantValue>(scratch::HASH, 1, 64);
+        let data = MapData::from_fd(grants).unwrap();
+        data.pin(old.join("nw_grants")).unwrap();
+        let mut g: BpfHash<MapData, abi::GrantKey, abi::GrantValue> =
+            BpfHash::try_from(Map::HashMap(data)).unwrap();
+        let grant_key = abi::GrantKey {
+            net_id: 1,
+            addr: [7; 16],
+        };
+        g.insert(grant_key, abi::GrantValue::default(), 0).unwrap();
+
+        let new = pins.0.join("maps-new");
+        std::fs::create_dir_all(&new).unwrap();
+        let ebpf = load(&new);
+        let report = carry_over(&old, &ebpf);
+        let line = |map: &str| report.iter().find(|l| l.starts_with(map)).unwrap().clone();
+        assert!(
+            line("nw_conntrack")
+                .contains("1 tracked connections carried over without what opened them"),
+            "{report:?}"
+        );
+        assert_eq!(line("nw_grants"), "nw_grants: 1 entries carried over");
+        assert!(
+            line("nw_names").contains("not carried over: not pinned"),
+            "{report:?}"
+        );
+
+        let ct: BpfHash<MapData, abi::CtKey, abi::CtValue> = BpfHash::try_from(Map::LruHashMap(
+            MapData::from_pin(new.join("nw_conntrack")).unwrap(),
+        ))
+        .unwrap();
+        let got = ct.get(&ct_key, 0).unwrap();
+        assert_eq!((got.last_seen_ns, got.net_id), (123, 1));
+        assert_eq!(got.flags, abi::CT_GRANT);
+        let grants: BpfHash<MapData, abi::GrantKey, abi::GrantValue> = BpfHash::try_from(
+            Map::HashMap(MapData::from_pin(new.join("nw_grants")).unwrap()),
+        )
+        .unwrap();
+        assert!(grants.get(&grant_key, 0).is_ok());
+    }
 
     #[test]
     fn a_v1_connection_keeps_its_fields_and_is_marked_as_granted() {
