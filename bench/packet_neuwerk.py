@@ -187,7 +187,8 @@ class NeuwerkSteps:
         """The programs' own time per packet, on this round's live maps
         (bench/progcost.py); an error is recorded, not raised."""
         flows = {"client": C.CLIENT_IP, "server": SERVER_IP, "udp_port": PORT_SOCKPERF,
-                 "tcp_port": PORT_IPERF, "denied": (synth_addr(1), PORT_GRANT + 1)}
+                 "tcp_port": PORT_IPERF, "denied": (synth_addr(1), PORT_GRANT + 1),
+                 "dns_listener": C.FW_IN_IP, "other_resolver": "192.0.2.53"}
         try:
             r = progcost.measure(self.neuwerk.pid, flows, self.work)
         except Exception as e:  # noqa: BLE001 - any failure is reported, the run goes on

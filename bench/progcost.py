@@ -111,8 +111,12 @@ def measure(pid, flows, workdir: Path):
     node with process id `pid`.
 
     `flows`: {"client": ip, "server": ip, "udp_port": p, "tcp_port": p,
-    "denied": (ip, port)} where server ports are allowed by a static rule
-    and `denied` is a destination every lookup misses or refuses."""
+    "denied": (ip, port), "dns_listener": ip, "other_resolver": ip} where
+    server ports are allowed by a static rule, `denied` is a destination
+    every lookup misses or refuses, `dns_listener` is the node's DNS
+    listener and `other_resolver` an address a client may send DNS to
+    instead: intercepted (dns.intercept), its query is rewritten to the
+    listener on the client side and the reply back on the way out."""
     progs = node_programs(pid)
     if not {"nw_from_client", "nw_from_upstream"} <= set(progs):
         raise RuntimeError(f"neuwerk (pid {pid}) holds no dataplane programs: {progs}")
@@ -125,6 +129,13 @@ def measure(pid, flows, workdir: Path):
         ("new connection refused after network, rule and grant lookups", cl,
          frame(c, 40002, *flows["denied"], "tcp", tcp_flags=0x02), 2),
     ]
+    if "nw_to_client" in progs and flows.get("dns_listener"):
+        resolver, listener = flows["other_resolver"], flows["dns_listener"]
+        cases += [
+            ("intercepted DNS query, client side", cl, frame(c, 40003, resolver, 53, payload=40), 0),
+            ("intercepted DNS reply, client-side egress", progs["nw_to_client"],
+             frame(listener, 53, c, 40003, payload=120), 0),
+        ]
     empty_id, pin = empty_program(workdir)
     try:
         harness, _, harness_runs = median_ns(empty_id, cases[0][2])

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * TC ingress of the client-facing interface: every packet a client sends.
- * parse -> tracked connection -> local DNS -> network -> rule -> grant -> audit
- * -> verdict.
+ * parse -> ICMP error -> tracked connection -> local DNS -> network -> DNS
+ * interception -> rule -> grant -> audit -> verdict.
  */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -10,6 +10,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/related.h"
+#include "lib/intercept.h"
 #include "lib/verdict.h"
 #include "lib/forward.h"
 
@@ -25,6 +26,27 @@ static __always_inline int is_local_dns(const struct nw_flow *f)
 		return 0;
 	addr_copy(&k.addr, &f->daddr);
 	return bpf_map_lookup_elem(&nw_local, &k) != NULL;
+}
+
+/* The network of a client-side packet's source, for counting its drop. */
+static __always_inline __u32 source_net_id(const struct nw_flow *f)
+{
+	struct nw_net_value *net = network_of(active_gen(), &f->saddr);
+
+	return net ? net->net_id : 0;
+}
+
+/* An ICMP error a client sends: it passes only as an error of the
+ * connection it quotes (lib/related.h), whatever the rules say; a drop
+ * counts in the source's network. */
+static __always_inline __u32 judge_client_icmp_error(struct __sk_buff *skb, const struct nw_flow *f,
+						     __u64 now, __u32 *net_id)
+{
+	__u32 reason = icmp_error_reason(skb, f, 1, now, net_id);
+
+	if (reason != NW_PASS_RELATED)
+		*net_id = source_net_id(f);
+	return reason;
 }
 
 /* The reason for `f`; `*net_id` receives the network it counts in.
@@ -43,6 +65,10 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 	struct nw_net_value *net;
 	__u32 gen;
 
+	/* Errors first: their ports are 0, which a tracked ping of id 0
+	 * would match. */
+	if (f->icmp_kind == NW_ICMP_ERROR)
+		return judge_client_icmp_error(skb, f, now, net_id);
 	ct_key_forward(&ct, f);
 	tracked = ct_touch(&ct, f, now);
 	if (tracked) {
@@ -51,19 +77,15 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 	}
 	if (is_local_dns(f))
 		return NW_PASS_LOCAL_DNS;
-	if (f->icmp_kind == NW_ICMP_ERROR) {
-		tracked = icmp_error_related(skb, f, 1, now);
-		if (tracked) {
-			*net_id = tracked->net_id;
-			return NW_PASS_RELATED;
-		}
-	}
 
 	gen = active_gen();
 	net = network_of(gen, &f->saddr);
 	if (!net)
 		return NW_DROP_NO_NETWORK;
 	*net_id = net->net_id;
+	/* Before any rule: a query never reaches another resolver. */
+	if (dns_intercepts(f))
+		return NW_PASS_DNS_INTERCEPT;
 	origin.net_id = net->net_id;
 	if (rule_allows(gen, net->net_id, f)) {
 		ct_create(&ct, f, &origin, now);
@@ -83,14 +105,6 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 		return NW_PASS_AUDIT;
 	}
 	return NW_DROP_POLICY;
-}
-
-/* The network of a client-side fragment's source, for counting its drop. */
-static __always_inline __u32 source_net_id(const struct nw_flow *f)
-{
-	struct nw_net_value *net = network_of(active_gen(), &f->saddr);
-
-	return net ? net->net_id : 0;
 }
 
 SEC("classifier")
@@ -113,5 +127,7 @@ int nw_from_client(struct __sk_buff *skb)
 		return verdict(&f, 0, NW_DROP_ETHERTYPE); /* no bypass through other ethertypes */
 	}
 	rc = judge_client(skb, &f, &net_id);
+	if (rc == NW_PASS_DNS_INTERCEPT && dns_intercept(skb, &f))
+		rc = NW_DROP_MALFORMED;
 	return forward_passed(skb, &f, rc, verdict(&f, net_id, rc));
 }

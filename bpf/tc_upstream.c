@@ -14,6 +14,24 @@
 #include "lib/verdict.h"
 #include "lib/forward.h"
 
+/* An ICMP error from the upstream side: one addressed to a client passes
+ * only as an error of the connection it quotes (lib/related.h); one for
+ * the node itself goes to its stack. */
+static __always_inline __u32 judge_upstream_icmp_error(struct __sk_buff *skb, const struct nw_flow *f,
+						       __u64 now, __u32 *net_id)
+{
+	__u32 reason = icmp_error_reason(skb, f, 0, now, net_id);
+	struct nw_net_value *net;
+
+	if (reason == NW_PASS_RELATED)
+		return reason;
+	net = network_of(active_gen(), &f->daddr);
+	if (!net)
+		return NW_PASS_NOT_CLIENT;
+	*net_id = net->net_id;
+	return reason;
+}
+
 /* The reason for `f`; `*net_id` receives the network it counts in. */
 static __always_inline __u32 judge_upstream(struct __sk_buff *skb, const struct nw_flow *f,
 					    int parse_rc, __u32 *net_id)
@@ -23,19 +41,16 @@ static __always_inline __u32 judge_upstream(struct __sk_buff *skb, const struct 
 	struct nw_ct_value *tracked;
 	struct nw_net_value *net;
 
+	/* Errors first: their ports are 0, which a tracked ping of id 0
+	 * would match. */
+	if (parse_rc == 0 && f->icmp_kind == NW_ICMP_ERROR)
+		return judge_upstream_icmp_error(skb, f, now, net_id);
 	if (parse_rc == 0) {
 		ct_key_reverse(&ct, f);
 		tracked = ct_touch(&ct, f, now);
 		if (tracked) {
 			*net_id = tracked->net_id;
 			return NW_PASS_REPLY;
-		}
-		if (f->icmp_kind == NW_ICMP_ERROR) {
-			tracked = icmp_error_related(skb, f, 0, now);
-			if (tracked) {
-				*net_id = tracked->net_id;
-				return NW_PASS_RELATED;
-			}
 		}
 	}
 	/* Only traffic to clients is ours to judge; the node's own (DNS

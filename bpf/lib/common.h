@@ -25,6 +25,7 @@
 #define NW_GRANTS_MAX (1 << 20)
 #define NW_CT_MAX (1 << 18)
 #define NW_LOCAL_MAX 64
+#define NW_DNS_NAT_MAX 65536 /* client query sockets intercepted at once */
 #define NW_NAME_PAGES_MAX 65536 /* 4 KiB each: room for about 7M names */
 #define NW_EVENTS_RING_BYTES (256 << 10) /* ~4600 events of 56 bytes */
 

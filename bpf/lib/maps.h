@@ -62,6 +62,16 @@ struct {
 	__type(value, __u8);
 } nw_local SEC(".maps");
 
+/* Intercepted DNS: the client's socket -> the resolver it asked. LRU: a
+ * flood of sockets evicts the oldest, whose late replies then leave from
+ * the listener's own address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NW_DNS_NAT_MAX);
+	__type(key, struct nw_dns_nat_key);
+	__type(value, struct nw_dns_nat_value);
+} nw_dns_nat SEC(".maps");
+
 /* Runtime state flipped by userspace (the active policy generation). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -60,6 +60,8 @@ struct nw_flow {
 	__u8 icmp_kind;
 	__u8 is_v6;
 	__u32 l4_off;   /* offset of the L4 header, for ICMP error payloads */
+	__u8 icmp_type; /* ICMP and ICMPv6: the header's type and code */
+	__u8 icmp_code;
 };
 
 /* Results of parse_flow besides a drop reason (negative). */
@@ -111,6 +113,8 @@ static __always_inline int parse_ports(struct nw_flow *f, void *data, void *end)
 		if (!ih)
 			return -NW_DROP_MALFORMED;
 		type = ih->type;
+		f->icmp_type = type;
+		f->icmp_code = ih->code;
 		if (f->proto == IPPROTO_ICMPV6) {
 			if (type >= 130 && type <= 137)
 				return NW_PARSE_ND; /* MLD, RS, RA, NS, NA, redirect */
@@ -238,7 +242,7 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 	if (!outer->is_v6) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || ip.version != 4 || ip.ihl < 5)
 			return -NW_DROP_MALFORMED;
 		addr_set_v4(&inner->saddr, ip.saddr);
 		addr_set_v4(&inner->daddr, ip.daddr);
@@ -247,15 +251,28 @@ static __always_inline int parse_icmp_quote(struct __sk_buff *skb, const struct 
 	} else {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) || ip6.version != 6)
 			return -NW_DROP_MALFORMED;
 		addr_copy(&inner->saddr, &ip6.saddr);
 		addr_copy(&inner->daddr, &ip6.daddr);
 		inner->proto = ip6.nexthdr; /* extension headers in quotes: not followed */
 		off += sizeof(ip6);
 	}
+	if (inner->proto == IPPROTO_ICMP || inner->proto == IPPROTO_ICMPV6) {
+		struct nw_icmphdr ih;
+		__u8 echo = inner->proto == IPPROTO_ICMP ? ICMP_ECHO : ICMPV6_ECHO_REQUEST;
+
+		/* An error about a ping: tracked like the request (sport = id). */
+		if (bpf_skb_load_bytes(skb, off & 0xffff, &ih, sizeof(ih)))
+			return -NW_DROP_MALFORMED;
+		if (ih.type != echo)
+			return -NW_DROP_ICMP_UNRELATED;
+		inner->sport = bpf_ntohs(ih.id);
+		inner->dport = 0;
+		return NW_PARSE_IP;
+	}
 	if (inner->proto != IPPROTO_TCP && inner->proto != IPPROTO_UDP)
-		return -NW_DROP_UNSOLICITED;
+		return -NW_DROP_ICMP_UNRELATED;
 	if (bpf_skb_load_bytes(skb, off & 0xffff, ports, sizeof(ports)))
 		return -NW_DROP_MALFORMED;
 	inner->sport = bpf_ntohs(ports[0]);

@@ -43,6 +43,10 @@ static __always_inline int reason_drops(__u32 reason)
 	case NW_DROP_MALFORMED:
 	case NW_DROP_FRAGMENT:
 	case NW_DROP_ETHERTYPE:
+	case NW_DROP_ICMP_UNRELATED:
+	case NW_DROP_ICMP_KIND:
+	case NW_DROP_ICMP_SIZE:
+	case NW_DROP_ICMP_RATE:
 		return 1;
 	}
 	return 0;

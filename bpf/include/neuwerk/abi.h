@@ -113,7 +113,7 @@ struct nw_ct_value {
 	__u32 net_id;
 	__u32 flags;   /* NW_CT_* */
 	__u32 name_id; /* NW_CT_GRANT: the queried name of that grant (nw_names), 0 unknown */
-	__u32 reserved;
+	__u32 icmp_errors; /* ICMP errors passed for it: window << 8 | count (lib/related.h) */
 };
 
 /* Key of the local DNS listeners: traffic to these always passes. */
@@ -122,6 +122,22 @@ struct nw_local_key {
 	__u16 port; /* host order */
 	__u8 proto;
 	__u8 reserved;
+};
+
+/* Key of the DNS interception table: a client's query socket. */
+struct nw_dns_nat_key {
+	union nw_addr client;
+	__u16 port; /* host order */
+	__u8 proto;
+	__u8 reserved;
+};
+
+/* Where the client's intercepted query was addressed: its replies are
+ * given that address back (lib/intercept.h). */
+struct nw_dns_nat_value {
+	union nw_addr resolver;
+	__u16 port; /* host order */
+	__u16 reserved;
 };
 
 /* The single entry of the state array: what userspace flips at runtime. */
@@ -170,6 +186,11 @@ enum nw_reason {
 	NW_DROP_FRAGMENT,      /* non-first fragment: no ports to judge */
 	NW_DROP_ETHERTYPE,     /* client side, neither IP nor ARP */
 	NW_PASS_AUDIT,         /* would be NW_DROP_POLICY or NW_DROP_UNSOLICITED; the network audits */
+	NW_DROP_ICMP_UNRELATED,/* ICMP error quoting no tracked connection, or not sent to the quoted packet's sender */
+	NW_DROP_ICMP_KIND,     /* ICMP error of a type or code no path produces */
+	NW_DROP_ICMP_SIZE,     /* ICMP error longer than an error needs (576 / 1280 bytes) */
+	NW_DROP_ICMP_RATE,     /* ICMP error over its connection's rate */
+	NW_PASS_DNS_INTERCEPT, /* DNS to another resolver, given to neuwerk's own listener */
 	/* Append new reasons here: userspace counters are indexed by value.
 	 * Classify every new reason in reason_drops() (lib/verdict.h). */
 	NW_REASON_MAX,

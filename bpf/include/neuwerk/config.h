@@ -32,4 +32,13 @@ volatile const __u32 DIRECT_FORWARD = 0;
 volatile const __u32 PEER_IFINDEX_INGRESS = 0;
 volatile const __u32 PEER_IFINDEX_EGRESS = 0;
 
+/* `dns.intercept`: DNS from a client to any address on port 53 goes to
+ * the listener of its family (0.0.0.0 / :: with port 0: none), its
+ * replies leave as if from the address asked (lib/intercept.h). */
+volatile const __u32 DNS_INTERCEPT = 0;
+volatile const __u32 DNS_LISTEN4_ADDR = 0;    /* network order */
+volatile const __u32 DNS_LISTEN4_PORT = 0;    /* host order; 0: no IPv4 listener */
+volatile const __u32 DNS_LISTEN6_ADDR[4] = {}; /* network order */
+volatile const __u32 DNS_LISTEN6_PORT = 0;    /* host order; 0: no IPv6 listener */
+
 #endif /* NEUWERK_CONFIG_H */

@@ -147,7 +147,9 @@ pub struct CtValue {
     /// With [`CT_GRANT`]: the queried name of that grant (names log id),
     /// 0 unknown.
     pub name_id: u32,
-    pub reserved: u32,
+    /// ICMP errors passed for this connection in the current window
+    /// (`window << 8 | count`, bpf/lib/related.h); 0 for none.
+    pub icmp_errors: u32,
 }
 
 /// Key of the local DNS listeners hash.
@@ -296,11 +298,24 @@ pub enum Reason {
     /// Would be dropped by policy (client side) or as unsolicited
     /// (upstream side); passed because the network audits.
     PassAudit,
+    /// An ICMP error quoting no tracked connection, or not addressed to
+    /// the quoted packet's sender.
+    DropIcmpUnrelated,
+    /// An ICMP error of a type or code no path produces.
+    DropIcmpKind,
+    /// An ICMP error longer than an error needs (576 bytes for IPv4,
+    /// 1,280 for IPv6).
+    DropIcmpSize,
+    /// An ICMP error over its connection's rate.
+    DropIcmpRate,
+    /// DNS for another resolver, given to neuwerk's own listener
+    /// (`dns.intercept`).
+    PassDnsIntercept,
 }
 
 impl Reason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 21] = [
         Reason::PassNonIp,
         Reason::PassNd,
         Reason::PassLocalDns,
@@ -317,6 +332,11 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropEthertype,
         Reason::PassAudit,
+        Reason::DropIcmpUnrelated,
+        Reason::DropIcmpKind,
+        Reason::DropIcmpSize,
+        Reason::DropIcmpRate,
+        Reason::PassDnsIntercept,
     ];
 
     /// The reason with counter index `i`.
@@ -333,7 +353,11 @@ impl Reason {
             | Reason::DropUnsolicited
             | Reason::DropMalformed
             | Reason::DropFragment
-            | Reason::DropEthertype => true,
+            | Reason::DropEthertype
+            | Reason::DropIcmpUnrelated
+            | Reason::DropIcmpKind
+            | Reason::DropIcmpSize
+            | Reason::DropIcmpRate => true,
             Reason::PassNonIp
             | Reason::PassNd
             | Reason::PassLocalDns
@@ -343,7 +367,8 @@ impl Reason {
             | Reason::PassReply
             | Reason::PassRelated
             | Reason::PassNotClient
-            | Reason::PassAudit => false,
+            | Reason::PassAudit
+            | Reason::PassDnsIntercept => false,
         }
     }
 
@@ -366,6 +391,11 @@ impl Reason {
             Reason::DropFragment => "drop_fragment",
             Reason::DropEthertype => "drop_ethertype",
             Reason::PassAudit => "pass_audit",
+            Reason::DropIcmpUnrelated => "drop_icmp_unrelated",
+            Reason::DropIcmpKind => "drop_icmp_kind",
+            Reason::DropIcmpSize => "drop_icmp_size",
+            Reason::DropIcmpRate => "drop_icmp_rate",
+            Reason::PassDnsIntercept => "pass_dns_intercept",
         }
     }
 }
@@ -446,7 +476,10 @@ mod tests {
         assert!(Reason::DropEthertype.is_drop());
         assert!(!Reason::PassAudit.is_drop());
         assert_eq!(Reason::from_index(15), Some(Reason::PassAudit));
-        assert_eq!(Reason::from_index(16), None);
+        assert!(Reason::DropIcmpRate.is_drop());
+        assert_eq!(Reason::from_index(19), Some(Reason::DropIcmpRate));
+        assert_eq!(Reason::from_index(20), Some(Reason::PassDnsIntercept));
+        assert_eq!(Reason::from_index(21), None);
     }
 
     #[test]

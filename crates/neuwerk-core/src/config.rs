@@ -11,6 +11,7 @@
 //!   max_ttl: 24h              # default 24h
 //!   deny_response: refused    # or nxdomain
 //!   workers: 0                # proxy threads; default 0: half the CPUs, at least 1
+//!   intercept: true           # default true: DNS to any address on port 53 is answered here
 //! policy:
 //!   file: policy.yaml         # relative to the config file's directory
 //!   audit: false              # default false
@@ -116,6 +117,10 @@ pub struct DnsConfig {
     /// Proxy threads, each with its own sockets; 0 means half the CPUs
     /// (at least one).
     pub workers: usize,
+    /// DNS from a client network to any address on port 53 is answered by
+    /// the proxy, as if from the address asked (`dns.intercept`); false
+    /// drops it, as any traffic the policy does not allow.
+    pub intercept: bool,
 }
 
 /// Where the policy lives.
@@ -327,6 +332,7 @@ const DNS_KEYS: &[&str] = &[
     "max_ttl",
     "deny_response",
     "workers",
+    "intercept",
 ];
 
 /// More proxy threads than this only adds contention.
@@ -380,6 +386,10 @@ fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
                 )),
             })?,
     };
+    let intercept = match f.get("intercept") {
+        None => true,
+        Some(e) => e.value.parse_with("true or false", parse_bool)?,
+    };
     Ok(DnsConfig {
         listen,
         upstreams,
@@ -388,6 +398,7 @@ fn decode_dns(node: &Node) -> Result<DnsConfig, Error> {
         max_ttl,
         deny_response,
         workers,
+        intercept,
     })
 }
 

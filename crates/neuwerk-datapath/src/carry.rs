@@ -154,6 +154,7 @@ mod tests {
             conntrack: &ConntrackConfig::default(),
             forwarding: &forwarding,
             events: &EventLimits::default(),
+            intercept: &Default::default(),
         };
         loader::load(consts, dir).expect("load the object")
     }
@@ -240,6 +241,6 @@ mod tests {
         assert_eq!(got.last_seen_ns, old.last_seen_ns);
         assert_eq!(got.net_id, 3);
         assert_eq!(got.flags, abi::CT_CLOSING | abi::CT_GRANT);
-        assert_eq!((got.name_id, got.reserved), (0, 0));
+        assert_eq!((got.name_id, got.icmp_errors), (0, 0));
     }
 }

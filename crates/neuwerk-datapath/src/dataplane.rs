@@ -36,7 +36,7 @@ use crate::adopt::{self, Dictionary};
 use crate::carry;
 use crate::compile::{compile, plan, NetIds, NetNames, Plan, Tables};
 use crate::error::DataplaneError;
-use crate::loader::{self, EventLimits, ForwardSetup, LoadConstants};
+use crate::loader::{self, DnsIntercept, EventLimits, ForwardSetup, LoadConstants};
 use crate::names::NameLog;
 use crate::pins::{self, Hook, Persistence, PinLayout};
 use crate::portsets::Interner;
@@ -51,6 +51,9 @@ pub struct DataplaneConfig {
     pub egress: String,
     /// Neuwerk's own DNS listeners: traffic to them always passes.
     pub dns_listen: Vec<SocketAddr>,
+    /// Whether clients' DNS for other resolvers goes to those listeners
+    /// (`dns.intercept`).
+    pub dns_intercept: bool,
     pub conntrack: ConntrackConfig,
     /// Whether the programs forward passed client traffic themselves.
     pub forwarding: Forwarding,
@@ -269,11 +272,12 @@ impl Opened {
             mut carried,
         } = self;
         dp.apply_policy(policy)?;
-        let hooks = [
-            (loader::PROG_FROM_CLIENT, &ingress, Hook::Client),
-            (loader::PROG_FROM_UPSTREAM, &egress, Hook::Upstream),
-        ];
-        for (name, iface, hook) in hooks {
+        for (name, hook) in loader::PROGRAMS {
+            let iface = if hook == Hook::Upstream {
+                &egress
+            } else {
+                &ingress
+            };
             let a = loader::attach(&mut dp._ebpf, name, iface, &dp.pins, hook)?;
             dp.attached.push(a);
         }
@@ -290,9 +294,7 @@ impl Opened {
         let pins = self.dp.pins.clone();
         let maps = pins.maps(self.layout);
         let made_here = !self.dp.adoption.adopted;
-        let linked = [Hook::Client, Hook::Upstream]
-            .iter()
-            .any(|&h| pins.link(h).exists());
+        let linked = Hook::ALL.iter().any(|&h| pins.link(h).exists());
         drop(self);
         if made_here && !linked {
             let _ = std::fs::remove_dir_all(maps);
@@ -385,10 +387,12 @@ impl Dataplane {
             what: "creating the maps pin directory",
             source,
         })?;
+        let intercept = DnsIntercept::new(cfg.dns_intercept, &cfg.dns_listen);
         let consts = LoadConstants {
             conntrack: &cfg.conntrack,
             forwarding: &forwarding,
             events,
+            intercept: &intercept,
         };
         let mut ebpf = loader::load(consts, &maps_dir)?;
         let mut carried = Vec::new();
@@ -466,7 +470,7 @@ impl Dataplane {
         let _ = dp.grant_delete.delete(&pinned.dead);
         dp.write_listeners(&cfg.dns_listen)?;
         let mut dp = dp;
-        for name in [loader::PROG_FROM_CLIENT, loader::PROG_FROM_UPSTREAM] {
+        for (name, _) in loader::PROGRAMS {
             loader::verify(&mut dp._ebpf, name)?;
         }
         Ok(Opened {

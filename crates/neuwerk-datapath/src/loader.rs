@@ -4,6 +4,7 @@
 //! previous daemon left. Nothing here detaches: see [`crate::pins`].
 
 use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
@@ -28,6 +29,16 @@ pub fn object() -> &'static [u8] {
 pub const PROG_FROM_CLIENT: &str = "nw_from_client";
 /// TC program for what comes back (ingress of the upstream-facing interface).
 pub const PROG_FROM_UPSTREAM: &str = "nw_from_upstream";
+/// TC program for what the node sends to clients (egress of the
+/// client-facing interface): intercepted DNS replies.
+pub const PROG_TO_CLIENT: &str = "nw_to_client";
+
+/// The programs, each with the link it is attached through.
+pub const PROGRAMS: [(&str, Hook); 3] = [
+    (PROG_FROM_CLIENT, Hook::Client),
+    (PROG_FROM_UPSTREAM, Hook::Upstream),
+    (PROG_TO_CLIENT, Hook::ClientEgress),
+];
 
 /// The index of `iface`, or a clear error when it does not exist in this
 /// namespace.
@@ -90,12 +101,45 @@ impl Default for EventLimits {
     }
 }
 
+/// Transparent DNS interception (bpf/lib/intercept.h): where a client's
+/// DNS for another resolver goes, per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsIntercept {
+    /// The IPv4 listener queries over IPv4 go to; none: not intercepted.
+    pub v4: Option<SocketAddrV4>,
+    /// The IPv6 listener queries over IPv6 go to; none: not intercepted.
+    pub v6: Option<SocketAddrV6>,
+}
+
+impl DnsIntercept {
+    /// The first listener of each family, or nothing when `enabled` is
+    /// false. A wildcard listener has no address to send queries to.
+    pub fn new(enabled: bool, listen: &[SocketAddr]) -> DnsIntercept {
+        let mut out = DnsIntercept::default();
+        if !enabled {
+            return out;
+        }
+        for sa in listen.iter().filter(|sa| !sa.ip().is_unspecified()) {
+            match sa {
+                SocketAddr::V4(a) => out.v4 = out.v4.or(Some(*a)),
+                SocketAddr::V6(a) => out.v6 = out.v6.or(Some(*a)),
+            }
+        }
+        out
+    }
+
+    fn is_on(&self) -> bool {
+        self.v4.is_some() || self.v6.is_some()
+    }
+}
+
 /// What a load bakes into the programs as constants.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadConstants<'a> {
     pub conntrack: &'a ConntrackConfig,
     pub forwarding: &'a ForwardSetup,
     pub events: &'a EventLimits,
+    pub intercept: &'a DnsIntercept,
 }
 
 /// Loads the object with the conntrack timeouts, the forwarding set-up and
@@ -106,6 +150,7 @@ pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneErro
         conntrack: ct,
         forwarding,
         events,
+        intercept,
     } = c;
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
     let (tcp, closing, udp, icmp) = (
@@ -119,6 +164,17 @@ pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneErro
     let burst = u64::from(events.burst.max(1));
     let direct = u32::from(forwarding.mode == Forwarding::Direct);
     let [peer_in, peer_out] = forwarding.peer_ifindex;
+    let dns_on = u32::from(intercept.is_on());
+    // Addresses in network order, as the programs compare them.
+    let v4_addr = intercept
+        .v4
+        .map_or(0, |a| u32::from_ne_bytes(a.ip().octets()));
+    let v4_port = intercept.v4.map_or(0, |a| u32::from(a.port()));
+    let v6_octets = intercept.v6.map_or([0; 16], |a| a.ip().octets());
+    let v6_addr: [u32; 4] = std::array::from_fn(|i| {
+        u32::from_ne_bytes(v6_octets[i * 4..i * 4 + 4].try_into().unwrap())
+    });
+    let v6_port = intercept.v6.map_or(0, |a| u32::from(a.port()));
     let names = pins::pinned_map_names(OBJECT)?;
     let paths: Vec<_> = names.iter().map(|n| maps_dir.join(n)).collect();
     let mut loader = EbpfLoader::new();
@@ -135,6 +191,11 @@ pub fn load(c: LoadConstants<'_>, maps_dir: &Path) -> Result<Ebpf, DataplaneErro
         .override_global("DIRECT_FORWARD", &direct, true)
         .override_global("PEER_IFINDEX_INGRESS", &peer_in, true)
         .override_global("PEER_IFINDEX_EGRESS", &peer_out, true)
+        .override_global("DNS_INTERCEPT", &dns_on, true)
+        .override_global("DNS_LISTEN4_ADDR", &v4_addr, true)
+        .override_global("DNS_LISTEN4_PORT", &v4_port, true)
+        .override_global("DNS_LISTEN6_ADDR", &v6_addr, true)
+        .override_global("DNS_LISTEN6_PORT", &v6_port, true)
         .load(OBJECT)
         .map_err(|e| DataplaneError::Load(Box::new(e)))
 }
@@ -159,8 +220,16 @@ pub fn verify(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DataplaneError>
     })
 }
 
-/// Attaches program `name` (loaded by [`verify`]) to the ingress of
-/// `iface` through the link pinned for `hook`: an existing link gets the
+/// Where a hook's program runs on its interface.
+fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Client | Hook::Upstream => TcAttachType::Ingress,
+        Hook::ClientEgress => TcAttachType::Egress,
+    }
+}
+
+/// Attaches program `name` (loaded by [`verify`]) to `iface` at `hook`'s
+/// place through the link pinned for it: an existing link gets the
 /// program swapped in atomically; otherwise (or when that link's interface
 /// is gone) a new TCX link is made and pinned.
 pub fn attach(
@@ -183,6 +252,7 @@ pub fn attach(
     let mut done = Attached {
         program: name,
         iface: iface.to_string(),
+        hook,
         prog_id: 0,
         replaced: false,
     };
@@ -206,7 +276,7 @@ pub fn attach(
     let id = prog
         .attach_with_options(
             iface,
-            TcAttachType::Ingress,
+            attach_type(hook),
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|e| attach_err(e.to_string()))?;
@@ -225,6 +295,8 @@ pub fn attach(
 pub struct Attached {
     pub program: &'static str,
     pub iface: String,
+    /// Where on the interface it runs.
+    pub hook: Hook,
     /// The kernel's id of the loaded program.
     pub prog_id: u32,
     /// Whether it was swapped into a link a previous daemon left.
@@ -235,7 +307,7 @@ impl Attached {
     /// Whether the program is still attached to its interface (someone
     /// may have taken it off by hand).
     pub fn check(&self) -> Result<(), String> {
-        let (_, progs) = SchedClassifier::query_tcx(&self.iface, TcAttachType::Ingress)
+        let (_, progs) = SchedClassifier::query_tcx(&self.iface, attach_type(self.hook))
             .map_err(|e| format!("querying the programs on {}: {e}", self.iface))?;
         if progs.iter().any(|p| p.id() == self.prog_id) {
             Ok(())

@@ -31,13 +31,20 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is mounted on a host.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
-/// Which of the two programs a link holds.
+/// Which of the programs a link holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// `nw_from_client` on the ingress interface.
     Client,
     /// `nw_from_upstream` on the egress interface.
     Upstream,
+    /// `nw_to_client` on the ingress interface's egress.
+    ClientEgress,
+}
+
+impl Hook {
+    /// Every hook, in the order links are made.
+    pub const ALL: [Hook; 3] = [Hook::Client, Hook::Upstream, Hook::ClientEgress];
 }
 
 /// The paths of one dataplane's pins.
@@ -62,6 +69,7 @@ impl PinLayout {
         self.dir.join(match hook {
             Hook::Client => "link_client",
             Hook::Upstream => "link_upstream",
+            Hook::ClientEgress => "link_client_egress",
         })
     }
 
@@ -311,7 +319,7 @@ pub struct Detached {
 /// then the directory.
 pub fn detach(pins: &PinLayout) -> io::Result<Detached> {
     let mut done = Detached::default();
-    for hook in [Hook::Client, Hook::Upstream] {
+    for hook in Hook::ALL {
         match std::fs::remove_file(pins.link(hook)) {
             Ok(()) => done.links += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

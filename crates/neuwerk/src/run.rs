@@ -55,6 +55,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ingress: config.interfaces.ingress.clone(),
             egress: config.interfaces.egress.clone(),
             dns_listen: config.dns.listen.clone(),
+            dns_intercept: config.dns.intercept,
             conntrack: config.conntrack,
             forwarding: config.interfaces.forwarding,
             pin_dir: config.dataplane.pin_dir.clone(),

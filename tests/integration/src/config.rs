@@ -52,6 +52,8 @@ pub struct NeuwerkConfig {
     pub max_ttl: Duration,
     /// `dns.deny_response` (default refused).
     pub deny_response: DenyResponse,
+    /// `dns.intercept` (omitted by default: on).
+    pub intercept: Option<bool>,
     /// `management.listen` (default 127.0.0.1:3000, inside the namespace).
     pub management: SocketAddr,
     /// `conntrack` (omitted by default).
@@ -84,6 +86,7 @@ impl Default for NeuwerkConfig {
             min_ttl: Duration::ZERO,
             max_ttl: Duration::from_secs(24 * 3600),
             deny_response: DenyResponse::Refused,
+            intercept: None,
             management: SocketAddr::from(([127, 0, 0, 1], 3000)),
             conntrack: None,
             token: None,
@@ -112,7 +115,7 @@ impl NeuwerkConfig {
         let mut y = format!(
             "interfaces: {{ ingress: {}, egress: {}{} }}\n\
              dns:\n  listen: [{}]\n  upstreams: [{}]\n  upstream_timeout: {}\n  \
-             min_ttl: {}\n  max_ttl: {}\n  deny_response: {deny}\n\
+             min_ttl: {}\n  max_ttl: {}\n  deny_response: {deny}\n{}\
              policy: {{ file: \"{}\"{} }}\nmanagement: {{ listen: \"{}\"{} }}\n",
             self.ingress,
             self.egress,
@@ -124,6 +127,9 @@ impl NeuwerkConfig {
             duration(self.upstream_timeout),
             duration(self.min_ttl),
             duration(self.max_ttl),
+            self.intercept
+                .map(|i| format!("  intercept: {i}\n"))
+                .unwrap_or_default(),
             policy_file.display(),
             if self.audit { ", audit: true" } else { "" },
             self.management,

@@ -8,7 +8,7 @@ use neuwerk_integration::checks::*;
 use neuwerk_integration::client::{ALLOWED, BLOCKED};
 use neuwerk_integration::neuwerk::fixture;
 use neuwerk_integration::topology::*;
-use neuwerk_integration::{DnsOpts, Neuwerk, Topology};
+use neuwerk_integration::{DnsOpts, Neuwerk, NeuwerkConfig, Topology};
 
 #[test]
 fn unsolicited_inbound_to_client_is_dropped() {
@@ -57,6 +57,16 @@ fn unsolicited_inbound_to_client_is_dropped() {
     nw.stop();
 }
 
+/// `dns.intercept: false`: what neuwerk does with DNS for other resolvers.
+fn not_intercepting() -> NeuwerkConfig {
+    NeuwerkConfig {
+        intercept: Some(false),
+        ..NeuwerkConfig::default()
+    }
+}
+
+/// Without interception, DNS to another resolver is dropped like any
+/// traffic no rule allows (tests/dns_intercept.rs: with it).
 #[test]
 fn dns_to_other_resolver_is_blocked() {
     let topo = Topology::new();
@@ -65,7 +75,7 @@ fn dns_to_other_resolver_is_blocked() {
     assert_resolves(c, OTHER_DNS_V4, "example.com", &[DEST_V4.into()]);
     topo.dns().clear_log();
 
-    let nw = Neuwerk::start(&topo, &fixture("policy-static.yaml"));
+    let nw = Neuwerk::start_with(&topo, &not_intercepting(), &fixture("policy-static.yaml"));
     for opts in [DnsOpts::udp(), DnsOpts::tcp()] {
         let r = c.dns_query(
             OTHER_DNS_V4,
@@ -100,13 +110,14 @@ fn dns_to_other_resolver_is_blocked() {
     nw.stop();
 }
 
+/// Without interception, a static rule may open another resolver.
 #[test]
 fn dns_to_other_resolver_follows_static_rule() {
     let topo = Topology::new();
     let c = topo.client();
     let policy = "networks:\n  - name: clients\n    cidrs: [10.100.1.0/24]\n    policies:\n      \
                   - ip: 192.0.2.53\n        ports: [53]\n";
-    let nw = Neuwerk::start(&topo, policy);
+    let nw = Neuwerk::start_with(&topo, &not_intercepting(), policy);
     assert_resolves(c, OTHER_DNS_V4, "example.com", &[DEST_V4.into()]);
     let tcp = c
         .resolve_with(OTHER_DNS_V4, "example.com", RecordType::A, DnsOpts::tcp())

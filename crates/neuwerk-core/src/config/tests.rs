@@ -38,6 +38,7 @@ dns:
   max_ttl: 24h
   deny_response: nxdomain
   workers: 3
+  intercept: false
 policy:
   file: /etc/neuwerk/policy.yaml
   audit: true
@@ -70,6 +71,7 @@ fn the_documented_example() {
     assert_eq!(c.dns.max_ttl, Duration::from_secs(86_400));
     assert_eq!(c.dns.deny_response, DenyResponse::NxDomain);
     assert_eq!(c.dns.workers, 3);
+    assert!(!c.dns.intercept);
     assert_eq!(c.policy.file, PathBuf::from("/etc/neuwerk/policy.yaml"));
     assert!(c.policy.audit);
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
@@ -99,6 +101,7 @@ fn defaults() {
     assert_eq!(c.dns.max_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(c.dns.deny_response, DenyResponse::Refused);
     assert_eq!(c.dns.workers, 0);
+    assert!(c.dns.intercept);
     assert_eq!(c.interfaces.forwarding, Forwarding::Direct);
     assert_eq!(c.management, ManagementConfig::default());
     assert_eq!(c.management.listen, "127.0.0.1:3000".parse().unwrap());
@@ -321,7 +324,8 @@ fn error_cases() -> Vec<(String, &'static str)> {
         ("[]\n".into(), "c.yaml:1:1: expected the config, found a list"),
         ("interfaces: {ingress: a, egress: b}\n".into(), "c.yaml:1:1: the config needs `dns`"),
         (with_tail("dsn: {}\n"), "c.yaml:9:1: unknown key `dsn` in the config; did you mean `dns`?"),
-        (with_dns("  retries: 3\n"), "c.yaml:7:3: unknown key `retries` in `dns`; expected one of `listen`, `upstreams`, `upstream_timeout`, `min_ttl`, `max_ttl`, `deny_response`, `workers`"),
+        (with_dns("  retries: 3\n"), "c.yaml:7:3: unknown key `retries` in `dns`; expected one of `listen`, `upstreams`, `upstream_timeout`, `min_ttl`, `max_ttl`, `deny_response`, `workers`, `intercept`"),
+        (with_dns("  intercept: maybe\n"), "c.yaml:7:14: `maybe` is not a boolean; use true or false"),
         (with_dns("  workers: 65\n"), "c.yaml:7:12: workers must be a number from 0 (automatic) to 64, not `65`"),
         (with_dns("  workers: two\n"), "c.yaml:7:12: workers must be a number from 0 (automatic) to 64, not `two`"),
         (with_dns("  upstream_timeout: 2\n"), "c.yaml:7:21: `2` has no unit; use a unit, e.g. 2s"),

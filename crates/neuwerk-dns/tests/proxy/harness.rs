@@ -421,6 +421,7 @@ pub fn config(upstreams: &[SocketAddr]) -> DnsConfig {
         max_ttl: Duration::from_secs(600),
         deny_response: DenyResponse::Refused,
         workers: 2,
+        intercept: true,
     }
 }
 
