@@ -132,9 +132,12 @@ try "api.github.com -> 192.0.2.101:443" curl -sS --max-time 2 http://192.0.2.101
 try "api.github.com over IPv6 -> [2001:db8::100]:443" curl -sS --max-time 2 -g "http://[2001:db8::100]:443/"
 try "192.0.2.100:80 (wrong port)" curl -sS --max-time 2 http://192.0.2.100:80/
 try "192.0.2.102:443 (evil.example.net, never granted)" curl -sS --max-time 2 http://192.0.2.102:443/
-try "DNS straight to 10.100.2.100 (bypassing neuwerk)" dig +time=1 +tries=1 @10.100.2.100 evil.example.net
 
-bold "What the upstream DNS server saw (evil.example.net only from the bypass attempt, which was dropped)"
+bold "DNS sent to another resolver is answered by neuwerk, under the same policy (dns.intercept)"
+show "dig @192.0.2.53 example.com";   client dig +short +time=1 +tries=1 @192.0.2.53 example.com | sed 's/^/  /'
+show "dig @10.100.2.100 evil.example.net"; client dig +time=1 +tries=1 @10.100.2.100 evil.example.net | grep -E 'status:|SERVER:' | sed 's/^;; ->>HEADER<<- //; s/^/  /'
+
+bold "What the upstream DNS server saw (only neuwerk's queries, never evil.example.net)"
 grep -E 'query\[' "$WORK/dnsmasq.log" | sed 's/^.*dnsmasq\[[0-9]*\]: /  /' || true
 
 bold "neuwerk monitor: the decisions as they happened"
@@ -150,7 +153,7 @@ bold "kill -9 neuwerk: the node does not fail open; its programs keep enforcing 
 show "kill -9 $nw_pid"; kill -9 "$nw_pid"; wait "$nw_pid" 2>/dev/null || true; nw_pid=
 try "example.com -> 192.0.2.100:443 (its grant is still live)" curl -sS --max-time 2 http://192.0.2.100:443/
 try "192.0.2.102:443 (never granted)" curl -sS --max-time 2 http://192.0.2.102:443/
-try "DNS straight to 10.100.2.100 (bypassing neuwerk)" dig +time=1 +tries=1 @10.100.2.100 evil.example.net
+try "DNS to another resolver (no daemon: unanswered, never forwarded)" dig +time=1 +tries=1 @10.100.2.100 evil.example.net
 try "DNS to neuwerk (no daemon: unanswered, clients retry)" dig +time=1 +tries=1 @10.100.1.10 example.com
 
 bold "neuwerk starts again and adopts the pinned programs, maps and grants"
