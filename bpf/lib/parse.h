@@ -158,12 +158,14 @@ static __always_inline int parse_ipv4(struct nw_flow *f, void *data, void *end, 
 	ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
 		return -NW_DROP_MALFORMED;
-	/* Non-first fragments carry no ports; nothing to match them with. */
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return -NW_DROP_FRAGMENT;
 	addr_set_v4(&f->saddr, ip->saddr);
 	addr_set_v4(&f->daddr, ip->daddr);
 	f->proto = ip->protocol;
+	/* Non-first fragments carry no ports; nothing to match them with.
+	 * Their addresses are set: they count in a network, and upstream
+	 * ones pass only when not addressed to a client. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return -NW_DROP_FRAGMENT;
 	f->l4_off = off + ihl;
 	return parse_ports(f, data, end);
 }

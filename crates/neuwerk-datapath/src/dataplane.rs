@@ -303,6 +303,15 @@ impl Opened {
     }
 }
 
+#[cfg(test)]
+impl Opened {
+    /// The dataplane with nothing attached: the scenario tests run its
+    /// programs through BPF_PROG_TEST_RUN instead (crate::scenarios).
+    pub(crate) fn into_unattached(self) -> Dataplane {
+        self.dp
+    }
+}
+
 /// The loaded, attached dataplane.
 pub struct Dataplane {
     /// Policy tables, conntrack and listeners, and what was written to them.
@@ -719,6 +728,14 @@ impl Dataplane {
             let _ = m.conntrack.remove(k);
         }
         doomed.len()
+    }
+}
+
+#[cfg(test)]
+impl Dataplane {
+    /// Loaded TC program `name`, for BPF_PROG_TEST_RUN.
+    pub(crate) fn classifier(&self, name: &str) -> Option<&aya::programs::SchedClassifier> {
+        self._ebpf.program(name)?.try_into().ok()
     }
 }
 

@@ -29,6 +29,8 @@ mod names;
 pub mod pins;
 pub mod portsets;
 #[cfg(test)]
+mod scenarios;
+#[cfg(test)]
 mod scratch;
 pub mod stats;
 mod sys;
