@@ -20,6 +20,7 @@ pub mod dns_client;
 pub mod dns_mock;
 pub mod failsafe;
 pub mod http_mock;
+pub mod icmp;
 pub mod kernel_maps;
 pub mod launch;
 pub mod mgmt;
