@@ -75,8 +75,10 @@ static __always_inline __u32 judge_client(struct __sk_buff *skb, const struct nw
 		*net_id = tracked->net_id;
 		return NW_PASS_CT;
 	}
-	if (is_local_dns(f))
+	if (is_local_dns(f)) {
+		dns_intercept_forget(f);
 		return NW_PASS_LOCAL_DNS;
+	}
 
 	gen = active_gen();
 	net = network_of(gen, &f->saddr);

@@ -6,7 +6,8 @@
  * socket are given the address the client asked back on the way out, so
  * the client's choice of resolver stops mattering and its query never
  * reaches that resolver. A table keyed by the client's socket remembers
- * what it asked; nothing else is tracked: the proxy judges every query.
+ * what it asked, until that socket's port asks the listener itself;
+ * nothing else is tracked: the proxy judges every query.
  */
 #ifndef NEUWERK_INTERCEPT_H
 #define NEUWERK_INTERCEPT_H
@@ -122,6 +123,19 @@ static __always_inline int dns_intercept(struct __sk_buff *skb, const struct nw_
 	if (!seen || __builtin_memcmp(&seen->resolver, &v.resolver, sizeof(v.resolver)))
 		bpf_map_update_elem(&nw_dns_nat, &k, &v, BPF_ANY);
 	return rewrite_end(skb, f, 1, &listener, port) ? -1 : 0;
+}
+
+/* Client side: a query to the listener itself. A socket of the same
+ * client port that asked another resolver before (ports are reused) is
+ * forgotten, so the listener's replies to this one leave as they are. */
+static __always_inline void dns_intercept_forget(const struct nw_flow *f)
+{
+	struct nw_dns_nat_key k = {};
+
+	if (!DNS_INTERCEPT)
+		return;
+	dns_nat_key(&k, &f->saddr, f->sport, f->proto);
+	bpf_map_delete_elem(&nw_dns_nat, &k);
 }
 
 /* Client side, outgoing: a listener's reply to an intercepted socket

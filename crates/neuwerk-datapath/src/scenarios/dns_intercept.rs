@@ -149,3 +149,15 @@ fn without_interception_dns_is_judged_like_other_traffic() {
     let answer = reply(LISTENER, CLIENT, 41000, false).frame();
     assert_eq!(h.to_client(&answer).frame, answer);
 }
+
+#[test]
+fn a_port_that_asks_the_listener_is_forgotten() {
+    let h = Harness::intercepting();
+    h.client(&query(CLIENT, 41000, RESOLVER, false).frame())
+        .check(TC_ACT_OK, Reason::PassDnsIntercept);
+    // The port, reused by a socket that asks the listener itself.
+    h.client(&query(CLIENT, 41000, LISTENER, false).frame())
+        .check(TC_ACT_OK, Reason::PassLocalDns);
+    let answer = reply(LISTENER, CLIENT, 41000, false).frame();
+    assert_eq!(h.to_client(&answer).frame, answer);
+}
