@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grants::GrantEvent;
+use crate::special::SpecialClass;
 
 /// A packet the kernel reported (rate-limited there): dropped, or passed
 /// only because its network is in audit mode.
@@ -114,9 +115,53 @@ impl From<&DnsQueryView<'_>> for DnsEvent {
     }
 }
 
+/// An address of an allowed answer that was not learned: a special-use
+/// address ([`crate::special`]), borrowed from the query path.
+#[derive(Debug, Clone, Copy)]
+pub struct FilteredView<'a> {
+    pub client: IpAddr,
+    /// The client's network, whose answer it was.
+    pub network: &'a str,
+    /// The query name as policy sees it.
+    pub name: &'a str,
+    pub addr: IpAddr,
+    pub class: SpecialClass,
+    /// The network audits: the record was left in the answer (and not
+    /// granted; its traffic passes as audited anyway).
+    pub audit: bool,
+}
+
+/// An owned [`FilteredView`], for subscribers such as `neuwerk monitor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilteredEvent {
+    pub client: IpAddr,
+    pub network: Arc<str>,
+    pub name: String,
+    pub addr: IpAddr,
+    pub class: SpecialClass,
+    pub audit: bool,
+}
+
+impl From<&FilteredView<'_>> for FilteredEvent {
+    fn from(v: &FilteredView<'_>) -> Self {
+        FilteredEvent {
+            client: v.client,
+            network: Arc::from(v.network),
+            name: v.name.to_string(),
+            addr: v.addr,
+            class: v.class,
+            audit: v.audit,
+        }
+    }
+}
+
 /// Receives every finished DNS query (metrics, logs, monitor).
 pub trait DnsObserver: Send + Sync {
     fn query(&self, q: &DnsQueryView<'_>);
+
+    /// An address of an allowed answer was not learned; called before the
+    /// query's [`DnsObserver::query`], once per address.
+    fn filtered(&self, _f: &FilteredView<'_>) {}
 }
 
 /// Observes nothing; for tests and tools.
@@ -133,6 +178,8 @@ pub enum Event {
     Packet(PacketEvent),
     Dns(DnsEvent),
     Grant(GrantEvent),
+    /// A special-use address left out of an answer's grants.
+    Filtered(FilteredEvent),
     /// Events the kernel could not report (rate limit or full ring) since
     /// the previous such event.
     Lost {

@@ -1,5 +1,6 @@
-//! Neuwerk's core: configuration, the policy (parse, validate, compile, match)
-//! and the grant store, the one narrow interface for learned state.
+//! Neuwerk's core: configuration, the policy (parse, validate, compile, match),
+//! the special-use addresses answers never grant, and the grant store, the
+//! one narrow interface for learned state.
 //!
 //! Nothing here touches the network or the kernel; the DNS proxy and the
 //! datapath build on these types.
@@ -9,5 +10,7 @@ pub mod duration;
 pub mod events;
 pub mod grants;
 pub mod policy;
+pub mod prefixes;
+pub mod special;
 pub mod time;
 mod yaml;

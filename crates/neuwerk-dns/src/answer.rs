@@ -1,6 +1,7 @@
 //! What an upstream answer teaches (the addresses answering the question,
 //! through the CNAME chain) and how it is relayed to the client (TTLs
-//! capped, sized for the client's transport).
+//! capped, sized for the client's transport, special-use addresses left
+//! out: [`strip`]).
 
 use std::net::IpAddr;
 
@@ -11,6 +12,10 @@ use smallvec::SmallVec;
 
 use crate::message;
 use crate::wire::{self, Section, WireError};
+
+mod strip;
+
+pub(crate) use strip::strip;
 
 /// Longest CNAME chain followed from the query name; real chains are a few
 /// hops, the bound only stops hostile answers.
@@ -58,6 +63,19 @@ impl Learned {
     pub(crate) fn len(&self) -> usize {
         self.addrs.len()
     }
+
+    /// Keeps the addresses (and their TTLs) `keep` accepts, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(IpAddr) -> bool) {
+        let mut i = 0;
+        while i < self.addrs.len() {
+            if keep(self.addrs[i]) {
+                i += 1;
+            } else {
+                self.addrs.remove(i);
+                self.ttls.remove(i);
+            }
+        }
+    }
 }
 
 /// RR types and class read here.
@@ -77,6 +95,40 @@ fn name_at(b: &[u8], at: usize) -> Option<Name> {
 /// usual owner of an answer record), so it is that name.
 fn is_question_name(b: &[u8], at: usize) -> bool {
     b.get(at..at + 2) == Some(&[0xc0, wire::HEADER_LEN as u8])
+}
+
+/// The names that answer a question: its name, then each CNAME target
+/// reached from it, until a name without CNAME, a loop, or
+/// [`MAX_CNAME_CHAIN`] hops. Bounded, so it lives on the stack.
+pub(crate) struct Chain<'a> {
+    names: [&'a Name; MAX_CNAME_CHAIN + 1],
+    len: usize,
+}
+
+impl<'a> Chain<'a> {
+    /// The chain from `qname` through `cnames`, (owner, target) pairs.
+    pub(crate) fn follow(qname: &'a Name, cnames: &'a [(Name, Name)]) -> Chain<'a> {
+        let mut names = [qname; MAX_CNAME_CHAIN + 1];
+        let mut len = 1;
+        while len < names.len() {
+            let current = names[len - 1];
+            let target = cnames.iter().find(|(owner, _)| owner == current);
+            match target {
+                // A loop back into the chain ends it.
+                Some((_, t)) if !names[..len].contains(&t) => {
+                    names[len] = t;
+                    len += 1;
+                }
+                _ => break,
+            }
+        }
+        Chain { names, len }
+    }
+
+    /// Whether `name` (any case) is in the chain.
+    pub(crate) fn contains(&self, name: &Name) -> bool {
+        self.names[..self.len].contains(&name)
+    }
 }
 
 /// The A and AAAA records of the answer section owned by `qname` or by a
@@ -102,22 +154,7 @@ pub(crate) fn chain_addresses(b: &[u8], qname: &Name) -> Learned {
         .filter(|s| s.rtype == TYPE_CNAME)
         .filter_map(|s| Some((name_at(b, s.start)?, name_at(b, s.rdata)?)))
         .collect();
-    // The chain is bounded, so it lives on the stack.
-    let mut chain: [&Name; MAX_CNAME_CHAIN + 1] = [qname; MAX_CNAME_CHAIN + 1];
-    let mut len = 1;
-    while len < chain.len() {
-        let current = chain[len - 1];
-        let target = cnames.iter().find(|(owner, _)| owner == current);
-        match target {
-            // A loop back into the chain ends it.
-            Some((_, t)) if !chain[..len].contains(&t) => {
-                chain[len] = t;
-                len += 1;
-            }
-            _ => break,
-        }
-    }
-    let chain = &chain[..len];
+    let chain = Chain::follow(qname, &cnames);
 
     for s in answers() {
         let rdata = &b[s.rdata..s.end];
@@ -127,7 +164,7 @@ pub(crate) fn chain_addresses(b: &[u8], qname: &Name) -> Learned {
             _ => continue,
         };
         let owned = is_question_name(b, s.start)
-            || name_at(b, s.start).is_some_and(|owner| chain.contains(&&owner));
+            || name_at(b, s.start).is_some_and(|owner| chain.contains(&owner));
         if !owned {
             continue;
         }

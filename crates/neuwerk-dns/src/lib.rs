@@ -7,7 +7,8 @@
 //! - `listen`: UDP and TCP listeners, framing bytes into one query type.
 //! - `handler`: the single query path (decode, policy, upstream, grants, reply).
 //! - `upstream`: forwarding, timeouts, fallback, TCP retry.
-//! - `answer`: CNAME chain walk, address extraction, TTL capping, truncation.
+//! - `answer`: CNAME chain walk, address extraction, TTL capping, truncation,
+//!   special-use addresses left out.
 //! - `message`: the parts of a message the query path reads (with
 //!   hickory-proto, piecewise) and the few messages it writes.
 //! - `wire`: the few wire-format offsets the above patch in place.
@@ -17,14 +18,14 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use neuwerk_core::config::DnsConfig;
 use neuwerk_core::events::DnsObserver;
 use neuwerk_core::grants::GrantSink;
-use neuwerk_core::policy::Policy;
+use neuwerk_core::policy::ParsedPolicy;
 use tokio::sync::{mpsc, watch};
 
 mod answer;
@@ -47,7 +48,10 @@ pub struct ProxyContext {
     /// Listeners, upstreams, TTL bounds, deny response.
     pub config: DnsConfig,
     /// Swapped on policy reload; loaded once per query.
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub policy: Arc<ArcSwap<ParsedPolicy>>,
+    /// The node's interface addresses: never learned from an answer, like
+    /// `config.listen` and `config.upstreams` (added by the proxy).
+    pub own_addrs: Vec<IpAddr>,
     /// Where learned grants go, before each answer is released.
     pub grants: Arc<dyn GrantSink>,
     /// Told of every query once, when its reply is ready (or it is dropped).

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use neuwerk_core::events::{DnsEvent, DnsObserver, DnsQueryView, Event};
+use neuwerk_core::events::{
+    DnsEvent, DnsObserver, DnsQueryView, Event, FilteredEvent, FilteredView,
+};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
@@ -63,11 +65,16 @@ impl EventBus {
     }
 }
 
-/// Publishes every finished query as an [`Event::Dns`], copying the
+/// Publishes every finished query as an [`Event::Dns`] and every
+/// special-use address left out as an [`Event::Filtered`], copying the
 /// borrowed view only when someone is subscribed.
 impl DnsObserver for EventBus {
     fn query(&self, q: &DnsQueryView<'_>) {
         self.publish_with(|| Event::Dns(DnsEvent::from(q)));
+    }
+
+    fn filtered(&self, f: &FilteredView<'_>) {
+        self.publish_with(|| Event::Filtered(FilteredEvent::from(f)));
     }
 }
 
@@ -85,5 +92,10 @@ impl DnsObserver for MgmtObserver {
     fn query(&self, q: &DnsQueryView<'_>) {
         self.metrics.query(q);
         self.bus.query(q);
+    }
+
+    fn filtered(&self, f: &FilteredView<'_>) {
+        self.metrics.filtered(f);
+        self.bus.filtered(f);
     }
 }

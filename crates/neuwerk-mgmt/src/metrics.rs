@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
-use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult, FilteredView};
+use neuwerk_core::special::SpecialClass;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -102,6 +103,12 @@ struct DnsLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilteredLabels {
+    network: Arc<str>,
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NetworkLabel {
     network: Arc<str>,
 }
@@ -115,8 +122,13 @@ struct ResultLabel {
 /// a name up and bumps atomics. Clones share the series.
 #[derive(Clone)]
 struct NetHandles {
+    name: Arc<str>,
     dns: [Counter; 6],
     learned: Counter,
+    /// Per special-use class, created at its first record: most networks
+    /// never see most classes, and a series per class and network at 0
+    /// would be most of the exposition. Shared by clones.
+    filtered: Arc<[OnceLock<Counter>; SpecialClass::ALL.len()]>,
 }
 
 /// The daemon's metrics. Cheap to call from the DNS path, from any number of
@@ -126,6 +138,7 @@ struct NetHandles {
 pub struct Metrics {
     registry: Registry,
     dns_queries: Family<DnsLabels, Counter>,
+    dns_filtered: Family<FilteredLabels, Counter>,
     grants_learned: Family<NetworkLabel, Counter>,
     dns_duration: DurationHistogram,
     upstream_duration: DurationHistogram,
@@ -155,6 +168,13 @@ impl Metrics {
             "neuwerk_dns_queries",
             "DNS queries by client network and result",
             dns_queries.clone(),
+        );
+        let dns_filtered = Family::<FilteredLabels, Counter>::default();
+        registry.register(
+            "neuwerk_dns_records_filtered",
+            "Special-use addresses of allowed answers that were not learned, by client \
+             network and class",
+            dns_filtered.clone(),
         );
         let dns_duration = DurationHistogram::new(&DNS_BUCKETS);
         registry.register_with_unit(
@@ -203,6 +223,7 @@ impl Metrics {
         Metrics {
             registry,
             dns_queries,
+            dns_filtered,
             grants_learned,
             dns_duration,
             upstream_duration,
@@ -234,7 +255,12 @@ impl Metrics {
             let learned = self.grants_learned.get_or_create_owned(&NetworkLabel {
                 network: name.clone(),
             });
-            NetHandles { dns, learned }
+            NetHandles {
+                name: name.clone(),
+                dns,
+                learned,
+                filtered: Arc::default(),
+            }
         });
         let out = f(h);
         self.networks.store(Arc::new(map));
@@ -250,6 +276,21 @@ impl Metrics {
     /// `n` grants were learned for `network`.
     pub fn grant_learned(&self, network: &str, n: u64) {
         self.with_network(network, |h| h.learned.inc_by(n));
+    }
+
+    /// An address of class `class` in an answer to `network` was not
+    /// learned. Allocates only the first time a (network, class) is seen.
+    pub fn record_filtered(&self, network: &str, class: SpecialClass) {
+        self.with_network(network, |h| {
+            h.filtered[class.index()]
+                .get_or_init(|| {
+                    self.dns_filtered.get_or_create_owned(&FilteredLabels {
+                        network: h.name.clone(),
+                        class: class.name(),
+                    })
+                })
+                .inc();
+        });
     }
 
     /// A policy load was attempted. Call it from the one place every reload
@@ -319,6 +360,10 @@ impl DnsObserver for Metrics {
         if let Some(g) = q.grant_commit {
             self.grant_commit.observe(g);
         }
+    }
+
+    fn filtered(&self, f: &FilteredView<'_>) {
+        self.record_filtered(f.network, f.class);
     }
 }
 

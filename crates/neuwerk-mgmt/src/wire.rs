@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use neuwerk_core::events::{Event, PacketVerdict};
+use neuwerk_core::events::{Event, FilteredEvent, PacketVerdict};
 use neuwerk_core::grants::{Grant, GrantEvent};
 use neuwerk_core::policy::{PortRange, PortSet, Proto};
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,22 @@ pub enum EventBody {
         #[serde(default)]
         addrs: Vec<IpAddr>,
     },
+    /// A special-use address of an allowed answer that was not learned.
+    Filtered {
+        /// `filtered` (left out of the answer) or `audit_filtered` (the
+        /// network audits: left in the answer, still not granted).
+        result: String,
+        /// The client's network.
+        network: String,
+        /// The client.
+        client: IpAddr,
+        /// The query name.
+        name: String,
+        /// The address not learned.
+        address: IpAddr,
+        /// Its class: `loopback`, `link_local`, `node`, `private`, ...
+        class: String,
+    },
     /// A grant added, expired or revoked.
     Grant {
         /// `added`, `expired` or `revoked`.
@@ -183,6 +199,14 @@ impl EventLine {
                 qtype: d.qtype.clone(),
                 addrs: d.addrs.clone(),
             },
+            Event::Filtered(f) => EventBody::Filtered {
+                result: filtered_result(f).to_string(),
+                network: f.network.to_string(),
+                client: f.client,
+                name: f.name.clone(),
+                address: f.addr,
+                class: f.class.name().to_string(),
+            },
             Event::Grant(g) => {
                 let (action, grant) = grant_action(g);
                 EventBody::Grant {
@@ -206,6 +230,14 @@ impl EventLine {
     }
 }
 
+fn filtered_result(f: &FilteredEvent) -> &'static str {
+    if f.audit {
+        "audit_filtered"
+    } else {
+        "filtered"
+    }
+}
+
 fn grant_action(g: &GrantEvent) -> (&'static str, &Grant) {
     match g {
         GrantEvent::Learned(g) => ("added", g),
@@ -222,7 +254,8 @@ pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     /// Only packets of this verdict (`dropped`, `audit_allowed`), DNS
-    /// queries of this result (`denied`, ...) or grants of this action
+    /// queries of this result (`denied`, ...), special-use addresses left
+    /// out (`filtered`, `audit_filtered`) or grants of this action
     /// (`added`, `expired`, `revoked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
@@ -230,7 +263,7 @@ pub struct EventFilter {
     /// or answer, granted address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
-    /// Only events of this kind (`packet`, `dns`, `grant`).
+    /// Only events of this kind (`packet`, `dns`, `filtered`, `grant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
 }
@@ -249,6 +282,7 @@ impl EventFilter {
                 },
             ),
             Event::Dns(d) => ("dns", d.network.as_deref(), d.result.name()),
+            Event::Filtered(f) => ("filtered", Some(&*f.network), filtered_result(f)),
             Event::Grant(g) => {
                 let (action, grant) = grant_action(g);
                 ("grant", Some(&*grant.network), action)
@@ -269,6 +303,7 @@ fn involves(event: &Event, a: IpAddr) -> bool {
     match event {
         Event::Packet(p) => p.src == a || p.dst == a,
         Event::Dns(d) => d.client == a || d.addrs.contains(&a),
+        Event::Filtered(f) => f.client == a || f.addr == a,
         Event::Grant(g) => grant_action(g).1.addr == a,
         Event::Lost { .. } => true,
     }

@@ -6,7 +6,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult, FilteredView};
+use neuwerk_core::special::SpecialClass;
 use neuwerk_mgmt::{EventBus, Metrics, MgmtObserver};
 
 struct Counting;
@@ -69,4 +70,25 @@ fn a_query_allocates_nothing_once_its_network_is_known() {
         allocations(|| observer.metrics.grant_learned("clients", 2)),
         0
     );
+}
+
+#[test]
+fn a_filtered_address_allocates_nothing_once_its_class_is_known() {
+    let observer = MgmtObserver {
+        metrics: Arc::new(Metrics::new("test")),
+        bus: EventBus::default(),
+    };
+    let view = FilteredView {
+        client: "10.100.1.100".parse().unwrap(),
+        network: "clients",
+        name: "meta.example.com",
+        addr: "169.254.169.254".parse().unwrap(),
+        class: SpecialClass::LinkLocal,
+        audit: false,
+    };
+    assert!(
+        allocations(|| observer.filtered(&view)) > 0,
+        "first sight creates the series"
+    );
+    assert_eq!(allocations(|| observer.filtered(&view)), 0);
 }

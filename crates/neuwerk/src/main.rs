@@ -5,6 +5,8 @@
 //! node's admin API.
 
 mod admin;
+mod check;
+mod ifaddrs;
 mod observe;
 mod reload;
 mod run;
@@ -94,13 +96,14 @@ enum Command {
         #[arg(long)]
         network: Option<String>,
         /// Only this verdict or result: dropped, audit_allowed, denied,
-        /// allowed, servfail, added, expired, revoked.
+        /// allowed, servfail, filtered, audit_filtered, added, expired,
+        /// revoked.
         #[arg(long)]
         verdict: Option<String>,
         /// Only events involving this address.
         #[arg(long)]
         address: Option<IpAddr>,
-        /// Only this kind: packet, dns, grant.
+        /// Only this kind: packet, dns, filtered, grant.
         #[arg(long)]
         kind: Option<String>,
     },
@@ -108,7 +111,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy file: a summary when valid, file:line:column when not.
+    /// Validate a policy file: a summary and, per network, the ranges DNS
+    /// answers never grant when valid; file:line:column when not.
     Check {
         /// The policy file.
         file: PathBuf,
@@ -151,7 +155,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { file },
         } => match neuwerk_core::policy::load_policy_file(&file) {
             Ok(policy) => {
-                println!("{}: ok: {}", file.display(), policy.summary());
+                print!("{}", check::report(&file.display().to_string(), &policy));
                 ExitCode::SUCCESS
             }
             Err(e) => {

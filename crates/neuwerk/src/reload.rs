@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use neuwerk_core::events::Event;
 use neuwerk_core::grants::GrantEvent;
-use neuwerk_core::policy::{read_policy_file, NetworkMode, Policy, PolicyError};
+use neuwerk_core::policy::{read_policy_file, NetworkMode, ParsedPolicy, Policy, PolicyError};
 use neuwerk_core::time::monotonic_ns;
 use neuwerk_datapath::{Connection, Dataplane, Origin};
 use neuwerk_mgmt::{EventBus, Metrics, ReloadReport};
@@ -51,7 +51,7 @@ fn lower_priority() {
 /// last, it would free the whole policy in the middle of answering (2 to
 /// 12 ms for 100k hostname rules, measured). A reference held longer than a
 /// second is left to its holder.
-fn retire(old: Arc<Policy>) {
+fn retire(old: Arc<ParsedPolicy>) {
     let deadline = Instant::now() + Duration::from_secs(1);
     while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
@@ -61,7 +61,7 @@ fn retire(old: Arc<Policy>) {
 
 /// A policy as loaded: the parsed form and the text it came from.
 pub struct Loaded {
-    pub policy: Policy,
+    pub policy: ParsedPolicy,
     pub text: String,
 }
 
@@ -70,9 +70,7 @@ pub struct Loaded {
 pub fn load_policy(file: &Path, audit: bool) -> Result<Loaded, PolicyError> {
     let (mut policy, text) = read_policy_file(file)?;
     if audit {
-        for n in &mut policy.networks {
-            n.mode = NetworkMode::Audit;
-        }
+        policy.set_mode(NetworkMode::Audit);
     }
     Ok(Loaded { policy, text })
 }
@@ -81,7 +79,8 @@ pub fn load_policy(file: &Path, audit: bool) -> Result<Loaded, PolicyError> {
 pub struct PolicyState {
     pub file: PathBuf,
     pub audit: bool,
-    pub current: Arc<ArcSwap<Policy>>,
+    /// With what each network may learn from answers: a reload swaps both.
+    pub current: Arc<ArcSwap<ParsedPolicy>>,
     /// (generation, text) of the policy in force; generation 1 at start.
     pub shown: Mutex<(u64, String)>,
 }
@@ -274,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_replaced_policy_is_freed_by_the_reload_not_a_late_reader() {
-        let old = Arc::new(Policy::default());
+        let old = Arc::new(ParsedPolicy::default());
         let reader = old.clone();
         let released = Arc::new(AtomicBool::new(false));
         let flag = released.clone();

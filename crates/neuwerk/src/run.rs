@@ -86,9 +86,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shown: Mutex::new((1, loaded.text)),
     });
 
+    // Answers naming the node are never learned; its listeners and
+    // resolvers are added by the proxy from the config.
+    let interfaces = [&*config.interfaces.ingress, &*config.interfaces.egress];
+    let own_addrs = crate::ifaddrs::interface_addrs(&interfaces)
+        .context("reading the addresses of the interfaces")?;
     let dns = DnsServer::bind(ProxyContext {
         config: config.dns.clone(),
         policy: state.current.clone(),
+        own_addrs,
         grants: Arc::new(ReportingSink {
             store: store.clone(),
             metrics: metrics.clone(),

@@ -153,10 +153,16 @@ fn policy_check_accepts_fixtures() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            stdout.trim().lines().count(),
-            1,
-            "{name}: one-line summary expected: {stdout:?}"
+        // A summary line, then what DNS answers never grant (per network).
+        let lines: Vec<&str> = stdout.trim().lines().collect();
+        assert!(lines[0].contains(": ok: "), "{name}: {stdout:?}");
+        assert!(
+            lines[1].starts_with("never learned from DNS answers"),
+            "{name}: {stdout:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("  network clients: ")),
+            "{name}: {stdout:?}"
         );
     }
 }

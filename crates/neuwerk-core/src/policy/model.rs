@@ -151,13 +151,19 @@ pub struct Policy {
 impl Policy {
     /// The network whose CIDR is the longest prefix containing `src`, if any.
     pub fn network_of(&self, src: IpAddr) -> Option<&Network> {
+        self.network_index_of(src).map(|i| &self.networks[i])
+    }
+
+    /// [`Policy::network_of`] as a position in `networks`.
+    pub fn network_index_of(&self, src: IpAddr) -> Option<usize> {
         let src = canonical(src);
         self.networks
             .iter()
-            .flat_map(|n| n.cidrs.iter().map(move |c| (c, n)))
+            .enumerate()
+            .flat_map(|(i, n)| n.cidrs.iter().map(move |c| (c, i)))
             .filter(|(c, _)| c.contains(&src))
             .max_by_key(|(c, _)| c.prefix_len())
-            .map(|(_, n)| n)
+            .map(|(_, i)| i)
     }
 
     /// The network called `name`.

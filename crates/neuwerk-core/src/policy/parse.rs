@@ -1,10 +1,12 @@
-//! Policy text -> validated [`Policy`], with errors naming file:line:column.
+//! Policy text -> validated [`ParsedPolicy`], with errors naming
+//! file:line:column.
 //!
 //! ```yaml
 //! networks:
 //!   - name: clients
 //!     cidr: 10.100.1.0/24          # or cidrs: [...]
 //!     mode: enforce                # or audit
+//!     allow_private: [10.20.0.0/16] # private ranges answers may grant
 //!     policies:
 //!       - hostname: "*.example.org"
 //!         ports: [80, "8000-8100"]
@@ -19,11 +21,13 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::hostname::{HostIndex, HostPattern};
+use super::learn::ParsedPolicy;
 use super::model::{
     Location, Network, NetworkMode, Policy, PortRange, PortSet, Proto, Rule, Target,
 };
 use crate::yaml::{self, Entry, Error, Node, Value};
 
+mod allow_private;
 mod values;
 
 pub use values::{parse_cidr, parse_port_range, parse_proto};
@@ -51,7 +55,7 @@ pub enum PolicyError {
 }
 
 /// Parses and validates policy text; `file` names it in errors.
-pub fn parse_policy(text: &str, file: &str) -> Result<Policy, PolicyError> {
+pub fn parse_policy(text: &str, file: &str) -> Result<ParsedPolicy, PolicyError> {
     yaml::parse(text)
         .and_then(|root| decode_policy(&root))
         .map_err(|e| PolicyError::Invalid {
@@ -63,13 +67,13 @@ pub fn parse_policy(text: &str, file: &str) -> Result<Policy, PolicyError> {
 }
 
 /// Reads and parses a policy file.
-pub fn load_policy_file(path: &Path) -> Result<Policy, PolicyError> {
+pub fn load_policy_file(path: &Path) -> Result<ParsedPolicy, PolicyError> {
     read_policy_file(path).map(|(policy, _)| policy)
 }
 
 /// Reads and parses a policy file; also returns the text it was parsed
 /// from (what the admin API shows as the policy in force).
-pub fn read_policy_file(path: &Path) -> Result<(Policy, String), PolicyError> {
+pub fn read_policy_file(path: &Path) -> Result<(ParsedPolicy, String), PolicyError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
         file: file.clone(),
@@ -85,26 +89,39 @@ struct Seen {
     cidrs: HashMap<IpNet, (Arc<str>, Location)>,
 }
 
-fn decode_policy(root: &Node) -> Result<Policy, Error> {
+fn decode_policy(root: &Node) -> Result<ParsedPolicy, Error> {
     let fields = root.fields("the policy", &["networks"])?;
     let items = match fields.get("networks").map(|e| &e.value) {
-        None => return Ok(Policy::default()),
+        None => return Ok(ParsedPolicy::default()),
         Some(Node {
             value: Value::Null, ..
-        }) => return Ok(Policy::default()),
+        }) => return Ok(ParsedPolicy::default()),
         Some(node) => node.seq("`networks` to be a list of networks")?,
     };
     let mut seen = Seen::default();
-    let networks = items
+    let (networks, opened): (Vec<Network>, Vec<Vec<allow_private::Entry>>) = items
         .iter()
         .map(|item| decode_network(item, &mut seen))
-        .collect::<Result<_, _>>()?;
-    Ok(Policy { networks })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    let policy = Policy { networks };
+    allow_private::check(&policy, &opened)?;
+    let opened = opened
+        .into_iter()
+        .map(|list| list.into_iter().map(|(net, _)| net).collect())
+        .collect();
+    Ok(ParsedPolicy::new(policy, opened))
 }
 
-const NETWORK_KEYS: &[&str] = &["name", "cidr", "cidrs", "mode", "policies"];
+const NETWORK_KEYS: &[&str] = &["name", "cidr", "cidrs", "mode", "allow_private", "policies"];
 
-fn decode_network(item: &Node, seen: &mut Seen) -> Result<Network, Error> {
+/// A network and its `allow_private` entries (checked once every network
+/// is known).
+fn decode_network(
+    item: &Node,
+    seen: &mut Seen,
+) -> Result<(Network, Vec<allow_private::Entry>), Error> {
     let f = item.fields("a network", NETWORK_KEYS)?;
 
     let name_node = &f.required("name", "a network")?.value;
@@ -178,6 +195,11 @@ fn decode_network(item: &Node, seen: &mut Seen) -> Result<Network, Error> {
             })?,
     };
 
+    let opened = match f.get("allow_private") {
+        None => Vec::new(),
+        Some(e) => allow_private::decode(&e.value)?,
+    };
+
     let rule_nodes = match f.get("policies").map(|e| &e.value) {
         None
         | Some(Node {
@@ -195,13 +217,14 @@ fn decode_network(item: &Node, seen: &mut Seen) -> Result<Network, Error> {
         rules.push(rule);
     }
 
-    Ok(Network {
+    let network = Network {
         name,
         cidrs,
         mode,
         rules,
         hosts,
-    })
+    };
+    Ok((network, opened))
 }
 
 const RULE_KEYS: &[&str] = &["hostname", "ip", "ports", "protocol"];

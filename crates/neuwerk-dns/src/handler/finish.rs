@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
 use neuwerk_core::grants::{Grant, GrantError};
+use neuwerk_core::special;
 use neuwerk_core::time::monotonic_ns;
 use smallvec::{smallvec, SmallVec};
 
-use super::observe::{Facts, Outcome};
-use super::{Ask, Forward, Handler};
+use super::observe::{Facts, Filtered, Outcome};
+use super::{Ask, Forward, GrantTo, Handler};
 use crate::answer::{self, Learned};
 use crate::batch::BATCH;
 use crate::listen::Query;
@@ -149,17 +150,33 @@ impl Handler {
             }
         };
         let rcode = answer.rcode;
+        let qname = ask.request.question.name();
         // NXDOMAIN, or NOERROR without addresses: relayed, nothing learned.
         // Nor for an audited name: its network's traffic passes anyway.
-        let learned = match &ask.grant_to {
+        let mut learned = match &ask.grant_to {
             Some(_) if rcode == ResponseCode::NoError => {
-                answer::chain_addresses(&answer.bytes, ask.request.question.name())
+                answer::chain_addresses(&answer.bytes, qname)
             }
             _ => Learned::default(),
         };
+        let mut bytes = answer.bytes;
+        if let Some(to) = &ask.grant_to {
+            facts.filtered = self.special_use(&mut learned, to);
+            facts.filtered_kept = to.audit;
+        }
+        if !facts.filtered.is_empty() && !facts.filtered_kept {
+            let drop: SmallVec<[_; 4]> = facts.filtered.iter().map(|&(a, _)| a).collect();
+            match answer::strip(&bytes, qname, &drop) {
+                Ok(stripped) => bytes = stripped,
+                Err(e) => {
+                    let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
+                    return Step::Done(Outcome::RelayFailed(e), reply);
+                }
+            }
+        }
         // Prepared before learning, so that nothing is learned for an
         // answer that cannot be sent.
-        let (reply, relayed) = match answer::relay(answer.bytes, &ask.client, self.max_ttl) {
+        let (reply, relayed) = match answer::relay(bytes, &ask.client, self.max_ttl) {
             Ok(prepared) => prepared,
             Err(e) => {
                 let reply = message::error_reply(b, parsed, ResponseCode::ServFail);
@@ -167,7 +184,7 @@ impl Handler {
             }
         };
         let grants = match (&ask.grant_to, learned.is_empty()) {
-            (Some((network, ports)), false) => {
+            (Some(GrantTo { network, ports, .. }), false) => {
                 let hostname = facts.name.clone();
                 learned
                     .addrs
@@ -199,6 +216,22 @@ impl Handler {
             rcode,
             received: answer.received,
         })
+    }
+
+    /// Takes the special-use addresses out of `learned` (for the network
+    /// `to` names) and returns them with their class.
+    fn special_use(&self, learned: &mut Learned, to: &GrantTo) -> Filtered {
+        let mut filtered = Filtered::new();
+        learned.retain(
+            |addr| match special::classify(addr, &self.node, &to.learning) {
+                None => true,
+                Some(class) => {
+                    filtered.push((addr, class));
+                    false
+                }
+            },
+        );
+        filtered
     }
 }
 

@@ -1,5 +1,5 @@
 //! The one query path, whatever the transport: decode -> policy ->
-//! upstream -> answer -> grants -> reply.
+//! upstream -> answer (special-use addresses left out) -> grants -> reply.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use hickory_proto::rr::Name;
 use neuwerk_core::config::{DenyResponse, DnsConfig};
 use neuwerk_core::events::DnsObserver;
 use neuwerk_core::grants::GrantSink;
-use neuwerk_core::policy::{NetworkMode, Policy, PortSet};
+use neuwerk_core::policy::{NetworkLearning, NetworkMode, ParsedPolicy, PortSet};
+use neuwerk_core::special::NodeAddrs;
 
 use crate::answer::ClientView;
 use crate::listen::Query;
@@ -21,15 +22,17 @@ use crate::wire::{self, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP};
 use crate::{ProxyContext, Transport};
 
 mod finish;
+mod limit;
 mod observe;
 
 pub(crate) use finish::Finish;
+use limit::LogLimit;
 use observe::{observe, DenyReason, Facts, Outcome};
 
 /// The policy's verdict on a query.
 enum Verdict {
-    /// Forward, and grant the answer's addresses to `network` on `ports`.
-    Allow { network: Arc<str>, ports: PortSet },
+    /// Forward, and grant the answer's addresses as `GrantTo` says.
+    Allow(GrantTo),
     /// Answer with the deny rcode.
     Deny(DenyReason),
     /// Would be denied, but the network audits: forward, learn nothing.
@@ -39,13 +42,25 @@ enum Verdict {
 /// How a query ended before any upstream was asked, and the reply if any.
 type Ended = (Outcome, Option<Vec<u8>>);
 
+/// Where an allowed answer's addresses are granted, and which of them may
+/// be: as the policy stood when the query was judged.
+pub(crate) struct GrantTo {
+    network: Arc<str>,
+    ports: PortSet,
+    /// Which private ranges and policy networks the network may learn.
+    learning: Arc<NetworkLearning>,
+    /// The network audits: special-use addresses are not granted, but stay
+    /// in the answer (audit denies nothing).
+    audit: bool,
+}
+
 /// What the upstream is asked, and what the answer is checked and relayed
 /// against.
 pub(crate) struct Ask {
     client: ClientView,
     /// Where the answer's addresses are granted: `None` for an audited
     /// name, whose answer teaches nothing.
-    grant_to: Option<(Arc<str>, PortSet)>,
+    grant_to: Option<GrantTo>,
     /// The upstream query.
     pub(crate) request: Request,
     /// The client's query as read (for error replies).
@@ -74,9 +89,13 @@ pub(crate) enum Begin {
 /// Shared by every listener: [`Handler::begin`], then [`Handler::finish`]
 /// with what the upstreams gave (or [`Handler::handle`], both in one).
 pub(crate) struct Handler {
-    policy: Arc<ArcSwap<Policy>>,
+    policy: Arc<ArcSwap<ParsedPolicy>>,
     grants: Arc<dyn GrantSink>,
     observer: Arc<dyn DnsObserver>,
+    /// The node's and the resolvers' addresses, never learned.
+    node: NodeAddrs,
+    /// Bounds the log lines about special-use addresses left out.
+    filtered_log: LogLimit,
     /// Each worker builds its own [`Upstreams`] from these.
     upstream_servers: Vec<SocketAddr>,
     upstream_timeout: Duration,
@@ -91,6 +110,7 @@ impl Handler {
     /// Takes what the query path needs from the context.
     pub(crate) fn new(ctx: ProxyContext) -> Self {
         let DnsConfig {
+            listen,
             upstreams,
             upstream_timeout,
             min_ttl,
@@ -98,10 +118,17 @@ impl Handler {
             deny_response,
             ..
         } = ctx.config;
+        let own = ctx
+            .own_addrs
+            .into_iter()
+            .chain(listen.iter().map(|a| a.ip()));
+        let node = NodeAddrs::new(own, upstreams.iter().map(|a| a.ip()));
         Handler {
             policy: ctx.policy,
             grants: ctx.grants,
             observer: ctx.observer,
+            node,
+            filtered_log: LogLimit::default(),
             upstream_servers: upstreams,
             upstream_timeout,
             deny_rcode: match deny_response {
@@ -190,7 +217,7 @@ impl Handler {
         };
 
         let grant_to = match self.authorize(query.peer.ip(), question.name(), facts) {
-            Verdict::Allow { network, ports } => Some((network, ports)),
+            Verdict::Allow(to) => Some(to),
             Verdict::Audit(reason) => {
                 facts.audit = Some(reason);
                 None
@@ -220,8 +247,16 @@ impl Handler {
         outcome: &Outcome,
         took: Duration,
     ) {
-        observe(&*self.observer, query, facts, outcome, took);
+        observe(
+            &*self.observer,
+            &self.filtered_log,
+            query,
+            facts,
+            outcome,
+            took,
+        );
     }
+
     /// The policy's verdict on `name` asked by `src`; records the client's
     /// network and the name in `facts`. The policy is loaded once and
     /// released before any await.
@@ -237,15 +272,25 @@ impl Handler {
             }
         };
         let policy = self.policy.load();
-        let Some(network) = policy.network_of(src) else {
+        let Some(index) = policy.network_index_of(src) else {
             return Verdict::Deny(DenyReason::NoNetwork);
         };
+        let network = &policy.networks[index];
         facts.network = Some(network.name.clone());
         let reason = if !readable {
             DenyReason::BadName
         } else if let Some(ports) = network.ports_for_name(&facts.name) {
-            let network = network.name.clone();
-            return Verdict::Allow { network, ports };
+            let learning = policy
+                .learning()
+                .network(index)
+                .cloned()
+                .unwrap_or_default();
+            return Verdict::Allow(GrantTo {
+                network: network.name.clone(),
+                ports,
+                learning,
+                audit: network.mode == NetworkMode::Audit,
+            });
         } else {
             DenyReason::NoRule
         };

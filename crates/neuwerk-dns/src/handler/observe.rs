@@ -1,15 +1,20 @@
 //! How a query ended, reported once: to the observer (metrics, events)
 //! and to the log.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult, FilteredView};
 use neuwerk_core::grants::GrantError;
+use neuwerk_core::special::SpecialClass;
+use neuwerk_core::time::monotonic_ns;
+use smallvec::SmallVec;
 use tracing::{debug, error, info, trace, warn};
 
+use super::limit::LogLimit;
 use crate::answer::{AnswerError, Learned};
 use crate::listen::Query;
 use crate::upstream::ResolveError;
@@ -77,16 +82,26 @@ pub(crate) struct Facts {
     pub(crate) audit: Option<DenyReason>,
     /// What the answer taught, now in the grants.
     pub(crate) learned: Learned,
+    /// Special-use addresses of the answer, not learned.
+    pub(crate) filtered: Filtered,
+    /// Whether `filtered` stayed in the answer (the network audits).
+    pub(crate) filtered_kept: bool,
     /// Time spent waiting for upstreams, if any was asked.
     pub(crate) upstream: Option<Duration>,
     /// From the upstream answer being read to its grants being learned.
     pub(crate) grant_commit: Option<Duration>,
 }
 
+/// Special-use addresses of one answer with their class; most answers
+/// have none, and those that do have few.
+pub(crate) type Filtered = SmallVec<[(IpAddr, SpecialClass); 2]>;
+
 /// Reports how a query ended, once per query: to the observer, and to the
-/// log (denials, audited or not, at info; the rest below).
+/// log (denials, audited or not, at info; the rest below; special-use
+/// addresses left out at info, a few lines a second at most).
 pub(crate) fn observe(
     observer: &dyn DnsObserver,
+    filtered_log: &LogLimit,
     query: &Query,
     facts: &Facts,
     outcome: &Outcome,
@@ -104,6 +119,9 @@ pub(crate) fn observe(
     let mut type_buf = [0u8; TYPE_TEXT_LEN];
     let qtype = facts.qtype.map_or("", |t| type_text(t, &mut type_buf));
     let client = query.peer.ip();
+    if !facts.filtered.is_empty() {
+        report_filtered(observer, filtered_log, client, facts);
+    }
     observer.query(&DnsQueryView {
         client,
         network: facts.network.as_deref(),
@@ -143,6 +161,43 @@ pub(crate) fn observe(
         }
         Outcome::RelayFailed(e) => {
             warn!(%peer, name, error = %e, "answer not relayed, answering SERVFAIL")
+        }
+    }
+}
+
+/// Reports each special-use address of the answer: to the observer, and to
+/// the log within `limit`.
+fn report_filtered(observer: &dyn DnsObserver, limit: &LogLimit, client: IpAddr, facts: &Facts) {
+    let network = facts.network.as_deref().unwrap_or("-");
+    let name = &*facts.name;
+    let audit = facts.filtered_kept;
+    let now = monotonic_ns();
+    for &(addr, class) in &facts.filtered {
+        observer.filtered(&FilteredView {
+            client,
+            network,
+            name,
+            addr,
+            class,
+            audit,
+        });
+        let admit = limit.admit(now);
+        if admit.suppressed > 0 {
+            let suppressed = admit.suppressed;
+            info!(
+                suppressed,
+                "more special-use answer addresses were not learned than logged \
+                 (neuwerk_dns_records_filtered_total counts them all)"
+            );
+        }
+        if admit.log {
+            let class = class.name();
+            let what = if audit {
+                "special-use address not learned (audit: left in the answer)"
+            } else {
+                "special-use address not learned, removed from the answer"
+            };
+            info!(%client, network, name, %addr, class, "{what}");
         }
     }
 }

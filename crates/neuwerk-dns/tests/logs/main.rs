@@ -1,5 +1,6 @@
 //! What reaches the log at info level: each denial once, audited or not,
-//! with client, network, name, type and reason; nothing for allowed queries.
+//! with client, network, name, type and reason; nothing for allowed queries
+//! but the special-use addresses left out of them, a few lines at most.
 //!
 //! A test binary of its own: tracing caches per call site whether anyone
 //! listens, and proxies of concurrent tests in the same process would race
@@ -116,4 +117,30 @@ async fn denials_are_logged_once_at_info() {
             assert!(audited.contains(part), "{part} not in {audited}");
         }
     }
+
+    // Special-use addresses left out: a few lines, however many there are.
+    let many: Vec<_> = (1..=20)
+        .map(|i| a("many.example.net.", 60, [10, 0, 0, i]))
+        .collect();
+    up.answer("many.example.net", RecordType::A, many);
+    let before = logs.lines().len();
+    let lan = harness::policy(&["127.0.0.0/8"]);
+    let proxy = Proxy::start(config(&[up.addr]), lan).await;
+    let (reply, _) = udp(proxy.udp, &query("many.example.net.", RecordType::A, None)).await;
+    assert_eq!(reply.response_code, ResponseCode::NoError);
+    assert!(reply.answers.is_empty());
+    let lines = logs.lines().split_off(before);
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    for part in [
+        " INFO ",
+        "special-use address not learned, removed from the answer",
+        "client=127.0.0.1",
+        "network=\"lan\"",
+        "name=\"many.example.net\"",
+        "addr=10.0.0.1 ",
+        "class=\"private\"",
+    ] {
+        assert!(lines[0].contains(part), "{part} not in {}", lines[0]);
+    }
+    assert_eq!(proxy.observed.filtered.lock().unwrap().len(), 20);
 }

@@ -270,7 +270,7 @@ async fn ttls_are_capped_in_every_section_but_grants_use_min_ttl() {
 async fn truncated_upstream_answer_is_fetched_over_tcp_and_fully_learned() {
     let up = Upstream::start(Mode::Normal).await;
     let many: Vec<_> = (0..100)
-        .map(|i| a("big.example.net.", 60, [10, 9, 0, i]))
+        .map(|i| a("big.example.net.", 60, [198, 18, 9, i]))
         .collect();
     up.answer("big.example.net", RecordType::A, many);
     let proxy = Proxy::start(config(&[up.addr]), policy(LAN)).await;

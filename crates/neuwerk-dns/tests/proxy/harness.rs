@@ -11,11 +11,11 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use neuwerk_core::config::{DenyResponse, DnsConfig};
-use neuwerk_core::events::{DnsEvent, DnsObserver, DnsQueryView};
+use neuwerk_core::events::{DnsEvent, DnsObserver, DnsQueryView, FilteredEvent, FilteredView};
 use neuwerk_core::grants::{Grant, GrantError, GrantSink};
 use neuwerk_core::policy::hostname::PatternKind;
 use neuwerk_core::policy::{
-    HostIndex, HostPattern, Network, NetworkMode, Policy, PortRange, PortSet, Proto,
+    HostIndex, HostPattern, Network, NetworkMode, ParsedPolicy, Policy, PortRange, PortSet, Proto,
 };
 use neuwerk_dns::{DnsServer, ProxyContext, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -314,13 +314,19 @@ pub struct Observed {
     pub grant_commit: Option<Duration>,
 }
 
-/// Records every query reported to the observer.
+/// Records every query reported to the observer, and every special-use
+/// address left out of an answer.
 #[derive(Default)]
 pub struct Recorder {
     pub seen: Mutex<Vec<Observed>>,
+    pub filtered: Mutex<Vec<FilteredEvent>>,
 }
 
 impl DnsObserver for Recorder {
+    fn filtered(&self, f: &FilteredView<'_>) {
+        self.filtered.lock().unwrap().push(FilteredEvent::from(f));
+    }
+
     fn query(&self, q: &DnsQueryView<'_>) {
         self.seen.lock().unwrap().push(Observed {
             event: DnsEvent::from(q),
@@ -446,12 +452,22 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    pub async fn start(config: DnsConfig, policy: Policy) -> Proxy {
+    pub async fn start(config: DnsConfig, policy: impl Into<ParsedPolicy>) -> Proxy {
+        Proxy::start_with(config, policy, Vec::new()).await
+    }
+
+    /// [`Proxy::start`], the node having the interface addresses `own`.
+    pub async fn start_with(
+        config: DnsConfig,
+        policy: impl Into<ParsedPolicy>,
+        own: Vec<IpAddr>,
+    ) -> Proxy {
         let sink = Arc::new(Sink::default());
         let observed = Arc::new(Recorder::default());
         let server = DnsServer::bind(ProxyContext {
             config,
-            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            policy: Arc::new(ArcSwap::from_pointee(policy.into())),
+            own_addrs: own,
             grants: sink.clone(),
             observer: observed.clone(),
         })

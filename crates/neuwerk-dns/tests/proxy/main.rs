@@ -6,4 +6,5 @@ mod audit;
 mod harness;
 mod observer;
 mod robustness;
+mod special_use;
 mod upstreams;

@@ -221,6 +221,7 @@ async fn bind_errors_name_the_address() {
             ..config(&[])
         },
         policy: Default::default(),
+        own_addrs: Vec::new(),
         grants: proxy.sink.clone(),
         observer: proxy.observed.clone(),
     };

@@ -144,7 +144,7 @@ async fn five_hundred_concurrent_queries_are_all_answered() {
             answers: vec![a(
                 &format!("{owner}."),
                 60,
-                [10, 1, (i / 256) as u8, (i % 256) as u8],
+                [198, 18, (i / 256) as u8, (i % 256) as u8],
             )],
             // Long enough that all 500 are in flight at once.
             delay: Duration::from_millis(300),

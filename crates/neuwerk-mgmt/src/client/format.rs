@@ -14,6 +14,7 @@ use crate::wire::{EventBody, EventLine};
 /// 12:00:01.124 AUDIT    lab tcp 10.100.2.7:41000 -> 192.0.2.102:443 (drop_policy)
 /// 12:00:01.200 DNS DENIED clients 10.100.1.100 evil.example.net A
 /// 12:00:01.300 DNS ALLOWED clients 10.100.1.100 api.github.com A -> 192.0.2.101
+/// 12:00:01.300 DNS FILTERED clients 10.100.1.100 meta.example.com 169.254.169.254 (link_local)
 /// 12:00:01.301 GRANT ADDED clients api.github.com 192.0.2.101 tcp/443 ttl 30s
 /// 12:00:02.000 LOST 17 events
 /// ```
@@ -64,6 +65,17 @@ pub fn format_event(ev: &EventLine) -> String {
             }
             line
         }
+        EventBody::Filtered {
+            result,
+            network,
+            client,
+            name,
+            address,
+            class,
+        } => format!(
+            "{time} DNS {} {network} {client} {name} {address} ({class})",
+            result.to_ascii_uppercase()
+        ),
         EventBody::Grant {
             action,
             network,

@@ -8,7 +8,7 @@ use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult, Event, PacketVe
 use neuwerk_core::grants::GrantEvent;
 use neuwerk_mgmt::{monitor, status, ApiTarget, ClientError, EventBus, MonitorFilter};
 
-use crate::events::{dns, packet};
+use crate::events::{dns, filtered, packet};
 use crate::harness::{grant, ip, kernel, Harness};
 
 fn target(h: &Harness, token: Option<&str>) -> ApiTarget {
@@ -220,6 +220,18 @@ fn monitor_prints_one_line_per_event() {
             "192.0.2.101",
             0,
         ))),
+        filtered(
+            "clients",
+            "169.254.169.254",
+            neuwerk_core::special::SpecialClass::LinkLocal,
+            false,
+        ),
+        filtered(
+            "lab",
+            "10.0.0.7",
+            neuwerk_core::special::SpecialClass::Private,
+            true,
+        ),
         Event::Lost { count: 17 },
     ];
     let n = events.len();
@@ -243,6 +255,8 @@ fn monitor_prints_one_line_per_event() {
             "DNS ALLOWED clients 10.100.1.100 api.github.com A -> 192.0.2.101, 192.0.2.102",
             "GRANT ADDED clients api.github.com 192.0.2.101 tcp/443 ttl 30s",
             "GRANT EXPIRED clients api.github.com 192.0.2.101 tcp/443",
+            "DNS FILTERED clients 10.100.1.100 meta.example.com 169.254.169.254 (link_local)",
+            "DNS AUDIT_FILTERED lab 10.100.1.100 meta.example.com 10.0.0.7 (private)",
             "LOST 17 events",
         ]
     );

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use neuwerk_core::events::{DnsEvent, DnsResult, Event, PacketEvent, PacketVerdict};
+use neuwerk_core::events::{DnsEvent, DnsResult, Event, FilteredEvent, PacketEvent, PacketVerdict};
 use neuwerk_core::grants::GrantEvent;
+use neuwerk_core::special::SpecialClass;
 use neuwerk_core::time::monotonic_ns;
 use neuwerk_mgmt::EventBus;
 use serde_json::{json, Value};
@@ -35,6 +36,17 @@ pub fn dns(network: &str, name: &str, result: DnsResult, addrs: &[&str]) -> Even
         qtype: "A".into(),
         result,
         addrs: addrs.iter().map(|a| ip(a)).collect(),
+    })
+}
+
+pub fn filtered(network: &str, addr: &str, class: SpecialClass, audit: bool) -> Event {
+    Event::Filtered(FilteredEvent {
+        client: ip("10.100.1.100"),
+        network: Arc::from(network),
+        name: "meta.example.com".into(),
+        addr: ip(addr),
+        class,
+        audit,
     })
 }
 
@@ -148,6 +160,21 @@ fn a_published_event_arrives_within_a_second() {
         assert_eq!(v["ports"], json!(["tcp/443"]));
         assert!((29..=30).contains(&v["ttl_s"].as_u64().unwrap()));
 
+        h.bus.publish(filtered(
+            "clients",
+            "169.254.169.254",
+            SpecialClass::LinkLocal,
+            false,
+        ));
+        let v = lines.json().await;
+        assert_eq!(v["kind"], "filtered");
+        assert_eq!(v["result"], "filtered");
+        assert_eq!(v["network"], "clients");
+        assert_eq!(v["client"], "10.100.1.100");
+        assert_eq!(v["name"], "meta.example.com");
+        assert_eq!(v["address"], "169.254.169.254");
+        assert_eq!(v["class"], "link_local");
+
         h.bus.publish(Event::Lost { count: 17 });
         let v = lines.json().await;
         assert_eq!(
@@ -165,6 +192,7 @@ fn filters_are_applied_by_the_server() {
         let mut by_verdict = Lines::open(&h, "?verdict=denied").await;
         let mut by_addr = Lines::open(&h, "?address=192.0.2.7&json").await;
         let mut by_kind = Lines::open(&h, "?kind=grant").await;
+        let mut filtered_only = Lines::open(&h, "?kind=filtered&network=lab").await;
         let events = [
             packet(
                 Some("clients"),
@@ -186,6 +214,8 @@ fn filters_are_applied_by_the_server() {
                 "192.0.2.9",
                 0,
             ))),
+            filtered("clients", "10.0.0.7", SpecialClass::Private, false),
+            filtered("lab", "192.0.2.7", SpecialClass::Node, true),
             Event::Lost { count: 3 },
         ];
         for e in events {
@@ -194,14 +224,22 @@ fn filters_are_applied_by_the_server() {
         let seen = |v: Value| format!("{} {}", v["kind"].as_str().unwrap(), v["network"]);
         assert_eq!(seen(by_net.json().await), "packet \"lab\"");
         assert_eq!(seen(by_net.json().await), "dns \"lab\"");
+        assert_eq!(seen(by_net.json().await), "filtered \"lab\"");
         assert_eq!(seen(by_net.json().await), "lost null", "lost always passes");
         assert_eq!(seen(by_verdict.json().await), "dns \"clients\"");
         assert_eq!(seen(by_verdict.json().await), "lost null");
         assert_eq!(seen(by_addr.json().await), "packet \"clients\"");
         assert_eq!(seen(by_addr.json().await), "dns \"lab\"", "answer address");
+        assert_eq!(seen(by_addr.json().await), "filtered \"lab\"");
         assert_eq!(seen(by_addr.json().await), "lost null");
         assert_eq!(seen(by_kind.json().await), "grant \"clients\"");
         assert_eq!(seen(by_kind.json().await), "lost null");
+        let v = filtered_only.json().await;
+        assert_eq!(
+            (v["result"].as_str(), v["class"].as_str()),
+            (Some("audit_filtered"), Some("node"))
+        );
+        assert_eq!(seen(filtered_only.json().await), "lost null");
         let resp = send(h.addr, "GET", "/api/v1/events?address=10.1", None).await;
         assert_eq!(resp.status(), 400);
     });

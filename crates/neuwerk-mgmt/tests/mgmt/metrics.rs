@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult};
+use neuwerk_core::events::{DnsObserver, DnsQueryView, DnsResult, FilteredView};
+use neuwerk_core::special::SpecialClass;
 
 use crate::harness::{grant, ip, kernel, Harness};
 
@@ -89,6 +90,40 @@ fn families_are_exported_in_openmetrics_text() {
         Some(0.0)
     );
     assert!(text.ends_with("# EOF\n"));
+}
+
+#[test]
+fn special_use_addresses_count_by_network_and_class() {
+    let h = Harness::start();
+    h.metrics.declare_network("clients");
+    let view = |network, class| FilteredView {
+        client: ip("10.100.1.100"),
+        network,
+        name: "meta.example.com",
+        addr: ip("169.254.169.254"),
+        class,
+        audit: false,
+    };
+    // No series (nor, so, the family) until a class is first seen.
+    assert!(!scrape(&h).contains("neuwerk_dns_records_filtered"));
+    for _ in 0..3 {
+        h.metrics
+            .filtered(&view("clients", SpecialClass::LinkLocal));
+    }
+    h.metrics.filtered(&view("clients", SpecialClass::Node));
+    h.metrics.filtered(&view("lab", SpecialClass::LinkLocal));
+    let text = scrape(&h);
+    assert!(text.contains("# TYPE neuwerk_dns_records_filtered counter\n"));
+    let f = |labels: &str| {
+        sample(
+            &text,
+            &format!("neuwerk_dns_records_filtered_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(f(r#"network="clients",class="link_local""#), Some(3.0));
+    assert_eq!(f(r#"network="clients",class="node""#), Some(1.0));
+    assert_eq!(f(r#"network="lab",class="link_local""#), Some(1.0));
+    assert_eq!(f(r#"network="lab",class="node""#), None);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::policy::hostname::PatternKind;
 
-fn ok(text: &str) -> Policy {
+fn ok(text: &str) -> ParsedPolicy {
     match parse_policy(text, "p.yaml") {
         Ok(p) => p,
         Err(e) => panic!("unexpected error: {e}"),
@@ -232,9 +232,50 @@ fn error_cases() -> Vec<(String, &'static str)> {
         (with_rules("      - hostname: a.*.com\n"), "p.yaml:5:19: `a.*.com`: `*` is only allowed as the whole first label, `*.` (one label) or `**.` (any depth)"),
         (with_rules("      - hostname: a_b!.com\n"), "p.yaml:5:19: `a_b!.com` contains `!`; labels may only have letters, digits, `-` and `_`"),
         (with_rules("      - hostname:\n"), "p.yaml:5:9: expected a hostname, found nothing"),
-        (with_rules("      - hostname: a.com\n    extra: 1\n"), "p.yaml:6:5: unknown key `extra` in a network; expected one of `name`, `cidr`, `cidrs`, `mode`, `policies`"),
+        (with_rules("      - hostname: a.com\n    extra: 1\n"), "p.yaml:6:5: unknown key `extra` in a network; expected one of `name`, `cidr`, `cidrs`, `mode`, `allow_private`, `policies`"),
         (with_rules("      - hostname: a.com\n---\nnetworks: []\n"), "p.yaml:6:1: expected a single YAML document, found a second one"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: 10.20.0.0/16\n"), "p.yaml:4:20: `allow_private` must be a list, e.g. [10.20.0.0/16]"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: []\n"), "p.yaml:4:20: `allow_private` is empty; omit it to learn no private address"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [10.20.0.0/33]\n"), "p.yaml:4:21: invalid CIDR `10.20.0.0/33`: prefix length `33` is not 0-32 as IPv4 needs"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [10.20.0.1/16]\n"), "p.yaml:4:21: `10.20.0.1/16` has host bits set; did you mean `10.20.0.0/16`?"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private:\n      - 10.20.0.0/16\n      - {cidr: 1}\n"), "p.yaml:6:9: expected a CIDR, found a mapping"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [10.20.0.0/16, 127.0.0.0/8]\n"),
+         "p.yaml:4:35: 127.0.0.0/8 is loopback, which DNS answers never grant; `allow_private` opens only private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), shared (100.64.0.0/10) and unique-local (fc00::/7) addresses and the policy's networks"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [169.254.169.254]\n"),
+         "p.yaml:4:21: 169.254.169.254/32 is link-local (cloud metadata lives there), which DNS answers never grant; `allow_private` opens only private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), shared (100.64.0.0/10) and unique-local (fc00::/7) addresses and the policy's networks"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [\"::ffff:0:0/96\", \"fe80::/64\"]\n"),
+         "p.yaml:4:38: fe80::/64 is link-local (cloud metadata lives there), which DNS answers never grant; `allow_private` opens only private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), shared (100.64.0.0/10) and unique-local (fc00::/7) addresses and the policy's networks"),
+        (net("    cidr: 10.0.0.0/8\n    allow_private: [8.8.8.0/24]\n"),
+         "p.yaml:4:21: 8.8.8.0/24 holds no private address and no network of the policy, so it opens nothing (public addresses are learned anyway); `allow_private` opens only private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), shared (100.64.0.0/10) and unique-local (fc00::/7) addresses and the policy's networks"),
     ]
+}
+
+#[test]
+fn allow_private_opens_private_ranges_and_policy_networks() {
+    // A public network of the policy may be opened, by another network.
+    let p = ok("networks:\n  - name: a\n    cidr: 10.1.0.0/24\n    allow_private: [10.20.0.0/16, \"fd00:20::/32\", 198.51.100.0/24, \"::ffff:100.64.0.0/106\"]\n  - name: b\n    cidr: 198.51.100.0/24\n");
+    let want: Vec<IpNet> = [
+        "10.20.0.0/16",
+        "fd00:20::/32",
+        "198.51.100.0/24",
+        "100.64.0.0/10",
+    ]
+    .iter()
+    .map(|c| c.parse().unwrap())
+    .collect();
+    let learning = p.learning();
+    assert_eq!(learning.network(0).unwrap().allow_private(), want);
+    assert!(learning.network(1).unwrap().allow_private().is_empty());
+    assert!(learning
+        .network(0)
+        .unwrap()
+        .opens("198.51.100.9".parse().unwrap()));
+    assert!(!learning
+        .network(1)
+        .unwrap()
+        .opens("10.20.0.1".parse().unwrap()));
+    // The network order of the parsed policy is the learning table's.
+    assert_eq!(&*p.networks[1].name, "b");
 }
 
 #[test]
