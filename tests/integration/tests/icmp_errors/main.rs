@@ -80,15 +80,7 @@ fn client_errors_carry_nothing_out() {
             ),
         ]
     };
-    for fam in Family::BOTH {
-        assert_deliverable(&cases("base", fam, &fake_flow(fam)), &from, &to);
-    }
-    let (nw, m) = start(&topo);
-    for fam in Family::BOTH {
-        let flow = Flow::open(&topo, SocketAddr::new(fam.dest(), ECHO_PORT));
-        assert_judged(&cases("live", fam, &flow), &m, &from, &to);
-    }
-    nw.stop();
+    assert_deliverable_then_judged(&topo, &from, &to, cases);
 }
 
 /// The tunnel in: from the upstream host, port unreachable errors about
@@ -150,14 +142,8 @@ fn upstream_errors_reach_only_the_quoted_sender() {
         // The sizes are what the cases say they are.
         assert_eq!(cases[1].error.packet().len(), fam.max_error() + 1);
         assert_eq!(cases[2].error.packet().len(), fam.max_error());
-        assert_deliverable(&cases, &from, &to);
     }
-    let (nw, m) = start(&topo);
-    for fam in Family::BOTH {
-        let flow = Flow::open(&topo, SocketAddr::new(fam.dest(), ECHO_PORT));
-        assert_judged(&cases("live", fam, &flow), &m, &from, &to);
-    }
-    nw.stop();
+    assert_deliverable_then_judged(&topo, &from, &to, cases);
 }
 
 /// A datagram to a closed port of an upstream host the rules allow gets
@@ -299,15 +285,7 @@ fn errors_of_no_real_kind_are_dropped() {
             })
             .collect::<Vec<_>>()
     };
-    for fam in Family::BOTH {
-        assert_deliverable(&cases("base", fam, &fake_flow(fam)), &from, &to);
-    }
-    let (nw, m) = start(&topo);
-    for fam in Family::BOTH {
-        let flow = Flow::open(&topo, SocketAddr::new(fam.dest(), ECHO_PORT));
-        assert_judged(&cases("live", fam, &flow), &m, &from, &to);
-    }
-    nw.stop();
+    assert_deliverable_then_judged(&topo, &from, &to, cases);
 }
 
 /// 40 valid errors about one tracked flow in a burst: at most the budget

@@ -371,3 +371,23 @@ pub(crate) fn start(topo: &Topology) -> (Neuwerk<'_>, Mgmt<'_>) {
     let nw = Neuwerk::start(topo, POLICY);
     (nw, Mgmt::new(topo.firewall_ns(), MGMT, None))
 }
+
+/// Every case of both families first crosses the topology without neuwerk
+/// (about flows that stand in for real ones), then, with neuwerk, is
+/// judged (about real tracked flows); neuwerk is stopped after.
+pub(crate) fn assert_deliverable_then_judged(
+    topo: &Topology,
+    from: &RawSender,
+    to: &IcmpListener,
+    cases: impl Fn(&str, Family, &Flow) -> Vec<Case>,
+) {
+    for fam in Family::BOTH {
+        assert_deliverable(&cases("base", fam, &fake_flow(fam)), from, to);
+    }
+    let (nw, m) = start(topo);
+    for fam in Family::BOTH {
+        let flow = Flow::open(topo, SocketAddr::new(fam.dest(), ECHO_PORT));
+        assert_judged(&cases("live", fam, &flow), &m, from, to);
+    }
+    nw.stop();
+}
