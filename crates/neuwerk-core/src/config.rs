@@ -26,6 +26,11 @@
 //! logging:                    # optional
 //!   format: text              # or json
 //!   level: info               # a tracing filter; RUST_LOG, when set, wins
+//! cluster:                    # optional: one of several nodes (config/cluster.rs)
+//!   node: node0
+//!   address: 10.100.3.10      # on the management network
+//!   peers: [10.100.3.11, 10.100.3.12]
+//!   secret_file: cluster.secret
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +41,10 @@ use crate::duration::parse_duration;
 use crate::policy::model::Location;
 use crate::yaml::{self, Error, Fields, Node, Value};
 
+mod cluster;
 mod interfaces;
+use cluster::decode_cluster;
+pub use cluster::ClusterConfig;
 use interfaces::decode_interfaces;
 pub use interfaces::{Forwarding, Interfaces};
 
@@ -69,6 +77,8 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     pub dataplane: DataplaneConfig,
     pub logging: LoggingConfig,
+    /// This node's place in a cluster; `None`: it runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where the kernel side lives between daemons.
@@ -244,6 +254,7 @@ const ROOT_KEYS: &[&str] = &[
     "conntrack",
     "dataplane",
     "logging",
+    "cluster",
 ];
 
 fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
@@ -273,6 +284,10 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         None => LoggingConfig::default(),
         Some(e) => decode_logging(&e.value)?,
     };
+    let cluster = match f.get("cluster") {
+        None => None,
+        Some(e) => Some(decode_cluster(&e.value, base)?),
+    };
     Ok(Config {
         interfaces,
         dns,
@@ -281,6 +296,7 @@ fn decode(root: &Node, base: &Path) -> Result<Config, Error> {
         conntrack,
         dataplane,
         logging,
+        cluster,
     })
 }
 

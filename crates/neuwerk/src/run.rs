@@ -34,6 +34,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // The section is read and checked; the cluster itself is being built.
+    // Refusing beats running alone while the config says otherwise.
+    if let Some(c) = &config.cluster {
+        anyhow::bail!(
+            "`cluster` (node {}) is not supported by this build yet; remove the section to              run this node alone",
+            c.node
+        );
+    }
     // Parsed while the kernel verifies the programs: the two take most of
     // a start, and while no daemon runs DNS goes unanswered.
     let (file, audit) = (config.policy.file.clone(), config.policy.audit);
