@@ -10,9 +10,10 @@ INTEGRATION_THREADS ?= 4
 
 all: build
 
-## deps: Debian packages for the eBPF build and the namespace tests
+## deps: Debian packages for the eBPF build and the namespace tests, and a pinned nats-server
 deps:
 	@scripts/deps.sh
+	@scripts/nats-server.sh
 
 ## build: the release binary target/release/neuwerk
 build: deps
