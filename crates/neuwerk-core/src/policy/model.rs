@@ -65,6 +65,44 @@ impl PortSet {
         PortSet::new(v)
     }
 
+    /// Whether every packet `other` allows, this set allows too (ranges
+    /// may be covered by several of this set's, end to end).
+    pub fn covers(&self, other: &PortSet) -> bool {
+        other.0.iter().all(|r| {
+            if *r == PortRange::ALL && !self.0.contains(&PortRange::ALL) {
+                return false; // only ALL admits ICMP
+            }
+            let protos: &[Proto] = match r.proto {
+                Proto::Any => &[Proto::Tcp, Proto::Udp],
+                Proto::Tcp => &[Proto::Tcp],
+                Proto::Udp => &[Proto::Udp],
+            };
+            protos.iter().all(|&p| self.covers_range(p, r.lo, r.hi))
+        })
+    }
+
+    /// Whether the ranges for `proto` (or any) cover `lo..=hi` without a gap.
+    fn covers_range(&self, proto: Proto, lo: u16, hi: u16) -> bool {
+        let mut next = u32::from(lo); // first port not yet covered
+                                      // Sorted by proto first: walk the two applicable groups in port order.
+        let mut ranges: Vec<&PortRange> = self
+            .0
+            .iter()
+            .filter(|r| r.proto == proto || r.proto == Proto::Any)
+            .collect();
+        ranges.sort_unstable_by_key(|r| r.lo);
+        for r in ranges {
+            if u32::from(r.lo) > next {
+                break;
+            }
+            next = next.max(u32::from(r.hi) + 1);
+            if next > u32::from(hi) {
+                return true;
+            }
+        }
+        next > u32::from(hi)
+    }
+
     /// Whether a packet of `proto` (IP protocol number) to `port` is allowed.
     /// ICMP (1, 58) matches only [`PortRange::ALL`].
     pub fn allows(&self, ip_proto: u8, port: u16) -> bool {
@@ -195,5 +233,57 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ranges: &[(Proto, u16, u16)]) -> PortSet {
+        PortSet::new(
+            ranges
+                .iter()
+                .map(|&(proto, lo, hi)| PortRange { proto, lo, hi })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn covers_across_adjacent_ranges_and_protocols() {
+        let allowed = set(&[
+            (Proto::Tcp, 80, 90),
+            (Proto::Any, 91, 100),
+            (Proto::Udp, 53, 53),
+        ]);
+        assert!(allowed.covers(&set(&[(Proto::Tcp, 85, 95)])));
+        assert!(allowed.covers(&set(&[(Proto::Udp, 53, 53), (Proto::Any, 95, 100)])));
+        assert!(
+            !allowed.covers(&set(&[(Proto::Udp, 85, 95)])),
+            "UDP 85-90 is not allowed"
+        );
+        assert!(!allowed.covers(&set(&[(Proto::Tcp, 79, 80)])));
+        assert!(!allowed.covers(&set(&[(Proto::Tcp, 100, 101)])));
+        assert!(
+            !allowed.covers(&set(&[(Proto::Any, 53, 53)])),
+            "TCP 53 is not allowed"
+        );
+        assert!(
+            allowed.covers(&PortSet::default()),
+            "nothing is always covered"
+        );
+    }
+
+    #[test]
+    fn only_all_covers_all() {
+        let every_port = set(&[(Proto::Any, 0, u16::MAX)]);
+        assert!(PortSet::all().covers(&PortSet::all()));
+        assert!(
+            every_port.covers(&PortSet::all()),
+            "ALL is exactly the any 0-65535 range"
+        );
+        let tcp_and_udp = set(&[(Proto::Tcp, 0, u16::MAX), (Proto::Udp, 0, u16::MAX)]);
+        assert!(!tcp_and_udp.covers(&PortSet::all()), "ALL admits ICMP too");
+        assert!(PortSet::all().covers(&tcp_and_udp));
     }
 }
