@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use neuwerk_core::config::ClusterConfig;
+use neuwerk_core::encode::percent_encode;
 
 /// Client port of every node's nats-server (the seed's).
 pub const CLIENT_PORT: u16 = 3320;
@@ -119,21 +120,6 @@ fn quoted(s: &str) -> String {
         }
     }
     out.push('"');
-    out
-}
-
-/// `s` with everything but unreserved URL characters percent-encoded, for
-/// the password part of a route URL. Written here: a few lines, where a
-/// URL crate would be a dependency for one call.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
     out
 }
 

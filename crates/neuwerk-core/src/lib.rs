@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod encode;
 pub mod events;
 pub mod grants;
 pub mod policy;

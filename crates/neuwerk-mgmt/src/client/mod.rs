@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use neuwerk_core::config::{Config, ConfigError};
+use neuwerk_core::encode::percent_encode;
 
 pub use format::{format_event, format_status};
 
@@ -374,19 +375,6 @@ async fn request(
             })
         }
     }
-}
-
-/// Percent-encodes a query value (everything but RFC 3986 unreserved).
-fn percent_encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
