@@ -5,7 +5,7 @@
 //! query received.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -164,6 +164,16 @@ impl DnsMock {
             .filter(|q| q.name == k)
             .cloned()
             .collect()
+    }
+
+    /// How many queries for `name` came from one of `sources`.
+    pub fn queries_from(&self, name: &str, sources: &[IpAddr]) -> usize {
+        let k = key(name);
+        self.lock()
+            .log
+            .iter()
+            .filter(|q| q.name == k && sources.contains(&q.client.ip()))
+            .count()
     }
 
     /// Forgets the query log.

@@ -196,6 +196,18 @@ impl Topology {
         &self.dns
     }
 
+    /// Queries for `name` the resolvers got from neuwerk (its egress side).
+    pub fn forwarded(&self, name: &str) -> usize {
+        self.dns
+            .queries_from(name, &[IpAddr::V4(EGRESS_V4), IpAddr::V6(EGRESS_V6)])
+    }
+
+    /// Queries for `name` the resolvers got straight from the client.
+    pub fn from_client(&self, name: &str) -> usize {
+        self.dns
+            .queries_from(name, &[IpAddr::V4(CLIENT_V4), IpAddr::V6(CLIENT_V6)])
+    }
+
     /// The mock HTTP and UDP echo server.
     pub fn http(&self) -> &HttpMock {
         &self.http

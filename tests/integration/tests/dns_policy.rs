@@ -20,17 +20,6 @@ fn dns_only(topo: &Topology) -> Neuwerk<'_> {
     Neuwerk::start(topo, &fixture("policy-dns-only.yaml"))
 }
 
-/// Queries for `name` that neuwerk forwarded (sent from its egress side).
-fn forwarded(topo: &Topology, name: &str) -> usize {
-    topo.dns()
-        .queries_for(name)
-        .iter()
-        .filter(|q| {
-            q.client.ip() == IpAddr::V4(EGRESS_V4) || q.client.ip() == IpAddr::V6(EGRESS_V6)
-        })
-        .count()
-}
-
 #[test]
 fn resolve_then_connect_and_not_before() {
     let topo = Topology::new();
@@ -46,7 +35,7 @@ fn resolve_then_connect_and_not_before() {
     // Only the rule's port.
     assert_tcp_blocked(c, sa(DEST_V4, 80));
     assert!(
-        forwarded(&topo, "example.com") >= 1,
+        topo.forwarded("example.com") >= 1,
         "{:?}",
         topo.dns().queries()
     );
@@ -88,7 +77,7 @@ fn single_label_wildcard() {
             RecordType::A,
             ResponseCode::Refused,
         );
-        assert_eq!(forwarded(&topo, name), 0, "{name} must not be forwarded");
+        assert_eq!(topo.forwarded(name), 0, "{name} must not be forwarded");
     }
     nw.stop();
 }
@@ -112,7 +101,7 @@ fn any_depth_wildcard() {
         RecordType::A,
         ResponseCode::Refused,
     );
-    assert_eq!(forwarded(&topo, "example.net"), 0);
+    assert_eq!(topo.forwarded("example.net"), 0);
     nw.stop();
 }
 
@@ -135,7 +124,7 @@ fn denied_name_refused_and_never_forwarded() {
     assert_tcp_blocked(c, sa(DEST2_V4, 443));
     // ...while an allowed name in the same test is forwarded and answered.
     assert_resolves(c, NEUWERK_DNS_V4, "example.com", &[DEST_V4.into()]);
-    assert!(forwarded(&topo, "example.com") >= 1);
+    assert!(topo.forwarded("example.com") >= 1);
     nw.stop();
 }
 
@@ -326,7 +315,7 @@ fn upstream_failure_gives_servfail() {
             took < Duration::from_secs(4),
             "{name}: SERVFAIL took {took:?}"
         );
-        assert!(forwarded(&topo, name) >= 1, "{name} was not forwarded");
+        assert!(topo.forwarded(name) >= 1, "{name} was not forwarded");
     }
     // Failed answers grant nothing (their records would be 192.0.2.100).
     assert_tcp_blocked(c, sa(DEST_V4, 443));

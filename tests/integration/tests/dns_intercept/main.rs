@@ -42,7 +42,7 @@ fn dns_to_another_resolver_is_answered_by_the_policy() {
         }
     }
     assert_eq!(
-        from_client(&topo, "example.com"),
+        topo.from_client("example.com"),
         0,
         "{:?}",
         topo.dns().queries()
@@ -77,13 +77,13 @@ fn ipv6_dns_to_another_address_is_answered_by_the_policy() {
         assert_refused(c, server, "denied.example.com");
     }
     assert_eq!(
-        from_client(&topo, "v6.example.com"),
+        topo.from_client("v6.example.com"),
         0,
         "a client query reached a resolver: {:?}",
         topo.dns().queries()
     );
     assert!(
-        forwarded(&topo, "v6.example.com") >= 1,
+        topo.forwarded("v6.example.com") >= 1,
         "neuwerk never asked its upstream: {:?}",
         topo.dns().queries()
     );
@@ -115,7 +115,7 @@ fn dns_to_an_address_without_resolver_is_answered() {
         assert_answered(c, server, "example.com", RecordType::A, IpAddr::V4(DEST_V4));
         assert_refused(c, server, "denied.example.com");
     }
-    assert!(forwarded(&topo, "example.com") >= 1);
+    assert!(topo.forwarded("example.com") >= 1);
     assert!(topo.dns().queries_for("denied.example.com").is_empty());
     nw.stop();
 }
@@ -137,7 +137,7 @@ fn answer_comes_from_the_address_asked() {
             assert_eq!(from, server, "the answer's source (connected: {connected})");
         }
     }
-    assert_eq!(from_client(&topo, "example.com"), 0);
+    assert_eq!(topo.from_client("example.com"), 0);
     nw.stop();
 }
 
@@ -295,7 +295,7 @@ fn dns_over_tls_and_https_stay_blocked_unless_a_rule_allows_them() {
         RecordType::A,
         IpAddr::V4(DEST_V4),
     );
-    assert_eq!(from_client(&topo, "example.com"), 0);
+    assert_eq!(topo.from_client("example.com"), 0);
     nw.stop();
 }
 

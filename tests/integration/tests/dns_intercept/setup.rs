@@ -33,29 +33,6 @@ pub(crate) const UNROUTED_V4: SocketAddr =
 /// Port 53 of an IPv6 address in the upstream network with no resolver.
 pub(crate) const NO_RESOLVER_V6: SocketAddr = SocketAddr::new(IpAddr::V6(DEST2_V6), 53);
 
-/// Queries for `name` the resolvers received straight from the client.
-pub(crate) fn from_client(topo: &Topology, name: &str) -> usize {
-    topo.dns()
-        .queries_for(name)
-        .iter()
-        .filter(|q| {
-            q.client.ip() == IpAddr::V4(CLIENT_V4) || q.client.ip() == IpAddr::V6(CLIENT_V6)
-        })
-        .count()
-}
-
-/// Queries for `name` neuwerk forwarded (sent from its egress side): an
-/// answer came from neuwerk's proxy, not from a resolver the client reached.
-pub(crate) fn forwarded(topo: &Topology, name: &str) -> usize {
-    topo.dns()
-        .queries_for(name)
-        .iter()
-        .filter(|q| {
-            q.client.ip() == IpAddr::V4(EGRESS_V4) || q.client.ip() == IpAddr::V6(EGRESS_V6)
-        })
-        .count()
-}
-
 pub(crate) fn dns_only(topo: &Topology) -> Neuwerk<'_> {
     Neuwerk::start(topo, &fixture("policy-dns-only.yaml"))
 }
