@@ -42,17 +42,15 @@ static __always_inline int dns_listener(const struct nw_flow *f, union nw_addr *
 	return 1;
 }
 
-/* Whether `f` is a client's DNS for another resolver, to intercept. */
+/* Whether `f` is a client's DNS for another resolver, to intercept: its
+ * family has a listener to send it to. */
 static __always_inline int dns_intercepts(const struct nw_flow *f)
 {
-	union nw_addr listener;
-	__u16 port;
-
 	if (!DNS_INTERCEPT || f->dport != NW_DNS_PORT)
 		return 0;
 	if (f->proto != IPPROTO_UDP && f->proto != IPPROTO_TCP)
 		return 0;
-	return dns_listener(f, &listener, &port);
+	return f->is_v6 ? DNS_LISTEN6_PORT != 0 : DNS_LISTEN4_PORT != 0;
 }
 
 /* Offset of the L4 checksum of `f` (UDP or TCP). */

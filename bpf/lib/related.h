@@ -12,8 +12,8 @@
  *     packet's sender (a router may send it from anywhere, but only the
  *     end whose packet failed is told),
  *   - and its connection has not used up its errors for the window.
- * Errors addressed to the node itself are not judged here (lib/verdict.h
- * callers): the node's own stack takes those.
+ * Errors addressed to the node itself are let through by the upstream
+ * program (tc_upstream.c): the node's own stack takes those.
  */
 #ifndef NEUWERK_RELATED_H
 #define NEUWERK_RELATED_H
